@@ -1,0 +1,1 @@
+"""Hydra configs shipped with ldmkit (the repo-level conf/ folder)."""

@@ -1,0 +1,66 @@
+"""The ``ldmkit`` command line: one thin Typer command per subcommand, forwarding Hydra overrides."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    help="Latent diffusion models from the command line. Every command takes Hydra overrides "
+    "(key=value, group=option, -m for a sweep, --cfg job to print the config, --help for the groups).",
+)
+
+FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _forward(task: str, command: str, args: list[str]) -> None:
+    """Run the task through Hydra and exit with its code."""
+    from ldmkit.runner import run_task
+
+    raise typer.Exit(run_task(task, command, list(args)))
+
+
+@app.command("train-ae", context_settings=FORWARD)
+def train_ae(ctx: typer.Context) -> None:
+    """Train the first-stage autoencoder; writes a model dir (config.yaml, model.safetensors, meta.json)."""
+    _forward("train_ae", "train-ae", ctx.args)
+
+
+@app.command("encode-dataset", context_settings=FORWARD)
+def encode_dataset(ctx: typer.Context) -> None:
+    """Encode a dataset with a first stage (ae=DIR) into webdataset latent shards + manifest.json."""
+    _forward("encode_dataset", "encode-dataset", ctx.args)
+
+
+@app.command("train-ldm", context_settings=FORWARD)
+def train_ldm(ctx: typer.Context) -> None:
+    """Train a latent diffusion UNet on latent shards or images encoded on the fly; writes an LDM model dir."""
+    _forward("train_ldm", "train-ldm", ctx.args)
+
+
+@app.command("sample", context_settings=FORWARD)
+def sample(ctx: typer.Context) -> None:
+    """Sample images from an LDM model dir (ckpt=DIR): one PNG per sample plus grid.png."""
+    _forward("sample", "sample", ctx.args)
+
+
+@app.command("eval-fid", context_settings=FORWARD)
+def eval_fid(
+    ctx: typer.Context,
+    samples: Optional[int] = typer.Option(None, "--samples", help="Number of images to generate/compare."),  # noqa: UP045
+) -> None:
+    """FID and KID (torch-fidelity) of an LDM's samples (ckpt=DIR) or an image folder against the dataset."""
+    extra = [f"samples={samples}"] if samples is not None else []
+    _forward("eval_fid", "eval-fid", [*ctx.args, *extra])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""torch-fidelity glue: FID / KID between two sets of uint8 images, Inception weights from a local file only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ldmkit.errors import UserError
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class UInt8Images(Dataset):
+    """A map-style dataset of uint8 (3, H, W) images, the input torch-fidelity expects."""
+
+    def __init__(self, images: Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        """Image i."""
+        return self.images[i]
+
+
+def hub_inception_path() -> Path:
+    """Where torch-fidelity looks for the Inception weights in the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def find_inception_weights(path: str | None) -> tuple[Path | None, str]:
+    """The weights file to use, or None and a one-line reason naming the missing file and where to put it."""
+    if path:
+        p = Path(path).expanduser()
+        return (p, "") if p.is_file() else (None, f"inception_weights={path} does not exist")
+    p = hub_inception_path()
+    if p.is_file():
+        return p, ""
+    return None, f"Inception weights not found: put {INCEPTION_FILE} at {p} or pass inception_weights=PATH"
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a weights file that is not plain tensors (torch-fidelity itself unpickles it fully)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means we must not hand it on
+        raise UserError(f"inception_weights={path} is not a plain state dict of tensors ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise UserError(f"inception_weights={path} is not an Inception-v3 state dict (no fc.weight)")
+
+
+def fid_kid(generated: Tensor, reference: Tensor, weights: Path, kid_subset_size: int, batch_size: int = 64) -> dict:
+    """FID and KID (mean, std) between uint8 image sets, computed by torch-fidelity's Inception-v3."""
+    import torch_fidelity
+
+    check_weights_file(weights)
+    subset = max(2, min(kid_subset_size, len(generated), len(reference)))
+    result = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(generated),
+        input2=UInt8Images(reference),
+        cuda=torch.cuda.is_available(),
+        fid=True,
+        kid=True,
+        kid_subset_size=subset,
+        kid_subsets=100,
+        feature_extractor_weights_path=str(weights),
+        batch_size=batch_size,
+        cache=False,
+        verbose=False,
+    )
+    return {
+        "fid": float(result["frechet_inception_distance"]),
+        "kid_mean": float(result["kernel_inception_distance_mean"]),
+        "kid_std": float(result["kernel_inception_distance_std"]),
+        "kid_subset_size": subset,
+    }

@@ -1,0 +1,95 @@
+"""``ldmkit train-ldm``: train a conditional diffusion UNet in a first stage's latent space."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader, IterableDataset
+
+from ldmkit import modeldir
+from ldmkit.data.latent_shards import read_manifest
+from ldmkit.errors import UserError
+from ldmkit.models.ldm import LatentDiffusion
+from ldmkit.tasks.common import console, run_dir
+
+
+def _latent_source(cfg: DictConfig, ae_meta: dict) -> None:
+    """With dataset=latents, the shards must come from the same first stage as ae=."""
+    if "path" not in cfg.dataset:
+        return
+    manifest = read_manifest(cfg.dataset.path)
+    if manifest["first_stage"]["hash"] != ae_meta["hash"]:
+        raise UserError(
+            f"dataset.path={cfg.dataset.path} was encoded with first stage {manifest['first_stage']['hash']} "
+            f"({manifest['first_stage']['path']}), but ae= is {ae_meta['hash']}"
+        )
+
+
+def _fill_unet(cfg: DictConfig, channels: int) -> None:
+    """Set the UNet's in/out channels from the first stage (or check the user's values)."""
+    with open_dict(cfg):
+        for key in ("in_channels", "out_channels"):
+            if cfg.unet[key] is None:
+                cfg.unet[key] = channels
+            elif cfg.unet[key] != channels:
+                raise UserError(f"unet.{key}={cfg.unet[key]} but the first stage has {channels} latent channels")
+
+
+def run(cfg: DictConfig) -> None:
+    """Train and write the LDM model dir (config, model/ema weights, meta, first_stage/ copy)."""
+    import pytorch_lightning as pl
+
+    from ldmkit.training.ldm_module import LDMModule
+    from ldmkit.training.trainer import make_trainer
+
+    out = run_dir()
+    pl.seed_everything(cfg.seed, verbose=False)
+    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
+    ae_meta = modeldir.read_json(ae_dir / "meta.json")
+    _latent_source(cfg, ae_meta)
+    _fill_unet(cfg, ae_meta["latent_channels"])
+    with open_dict(cfg):
+        cfg.ae = str(ae_dir.resolve())
+    dataset = instantiate(cfg.dataset)
+    cond = instantiate(cfg.cond)
+    if cond.key is not None and cond.key not in _fields(dataset):
+        raise UserError(f"cond needs the dataset field {cond.key!r}; the dataset has {sorted(_fields(dataset))}")
+    ldm = LatentDiffusion(
+        unet=instantiate(cfg.unet),
+        cond=cond,
+        schedule=instantiate(cfg.diffusion),
+        first_stage=modeldir.load(ae_dir),
+        latent_shape=ae_meta["latent_shape"],
+    )
+    module = LDMModule(ldm, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay)
+    iterable = isinstance(dataset, IterableDataset)
+    loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not iterable, drop_last=True,
+                        num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
+    trainer = make_trainer(dict(cfg.trainer), out)
+    trainer.fit(module, loader)
+    if not trainer.is_global_zero:
+        return
+    modeldir.copy(ae_dir, out / "first_stage")
+    meta = modeldir.save(
+        out, cfg,
+        {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()},
+        {
+            "kind": "ldm",
+            "prediction": "eps",
+            "cond": type(cond).__name__,
+            "cond_key": cond.key,
+            "latent_shape": ae_meta["latent_shape"],
+            "f": ae_meta["f"],
+            "scale_factor": ae_meta["scale_factor"],
+            "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},
+            "steps": trainer.global_step,
+        },
+    )
+    console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
+
+
+def _fields(dataset) -> set[str]:
+    """The field names one sample of the dataset carries."""
+    sample = next(iter(dataset)) if isinstance(dataset, IterableDataset) else dataset[0]
+    return set(sample)
+

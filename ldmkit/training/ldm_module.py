@@ -1,0 +1,65 @@
+"""LightningModule for the diffusion model: eps-prediction loss in latent space, conditioning dropout, EMA."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
+
+from ldmkit.models.conditioners import NoConditioner
+from ldmkit.models.ldm import LatentDiffusion
+
+
+def ema_avg_fn(decay: float):
+    """EMA update with the CompVis warm-up: d = min(decay, (1 + n) / (10 + n))."""
+
+    def avg(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        """New average after ``num_averaged`` updates."""
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+
+    return avg
+
+
+class LDMModule(pl.LightningModule):
+    """Trains ``ldm.unet`` + ``ldm.cond`` on batches of images (encoded on the fly) or latent posteriors."""
+
+    def __init__(self, ldm: LatentDiffusion, lr: float = 5e-4, weight_decay: float = 0.0, ema_decay: float = 0.999):
+        super().__init__()
+        self.ldm = ldm
+        self.lr, self.weight_decay = lr, weight_decay
+        self.ema = AveragedModel(ldm.trainable(), avg_fn=ema_avg_fn(ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def latents(self, batch: dict) -> Tensor:
+        """A fresh z per step: scale * (mean + std * eps) from shards, or a posterior draw of the images."""
+        fs = self.ldm.first_stage
+        if "latent_mean" in batch:
+            mean, std = batch["latent_mean"], batch["latent_std"]
+            return fs.scale_factor * (mean + std * torch.randn_like(mean))
+        with torch.no_grad():
+            return fs.encode(batch["image"], sample=True)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """Simple eps-prediction loss ||eps - eps_theta(z_t, t, tau(y))||^2 (paper Eq. 2)."""
+        z = self.latents(batch)
+        t = torch.randint(0, self.ldm.schedule.num_timesteps, (z.shape[0],), device=z.device)
+        noise = torch.randn_like(z)
+        z_t = self.ldm.schedule.q_sample(z, t, noise)
+        cond = self.ldm.cond
+        values = None if isinstance(cond, NoConditioner) else cond.drop(batch[cond.key])
+        context, mask = self.ldm.condition(values)
+        loss = F.mse_loss(self.ldm.eps(z_t, t, context, mask), noise)
+        self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Update the EMA weights after every optimiser step."""
+        self.ema.update_parameters(self.ldm.trainable())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over UNet + conditioner."""
+        return torch.optim.AdamW(self.ldm.trainable().parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,44 @@
+"""Shared fixtures: the CLI runner and a random-weight Inception (a test stand-in, never a real FID)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+LDMKIT = Path(sys.executable).with_name("ldmkit")
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``ldmkit`` console script; fail with its output when ``check`` and it exits non-zero."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(LDMKIT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ldmkit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """torch-fidelity's Inception-v3 with random (kaiming) weights saved as a plain state dict."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            w = torch.empty_like(m.weight)
+            torch.nn.init.kaiming_normal_(w, generator=gen)
+            m.weight.data.copy_(w)
+            if m.bias is not None:
+                m.bias.data.zero_()
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    torch.save(net.state_dict(), path)
+    return path

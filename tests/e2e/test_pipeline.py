@@ -1,0 +1,122 @@
+"""End to end through the real CLI: train-ae -> encode-dataset -> train-ldm -> sample -> eval-fid (+ a sweep)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+import ldmkit
+from ldmkit.data.latent_shards import iterate_shards
+from ldmkit.models.first_stage import FirstStage
+from ldmkit.models.ldm import LatentDiffusion
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, inception_weights):
+    """Run the issue's contract lines once at tiny size; return the root dir."""
+    d = tmp_path_factory.mktemp("pipeline")
+    run_cli("train-ae", "trainer.max_steps=20", f"out={d}/ae")
+    run_cli("encode-dataset", f"ae={d}/ae", "dataset.size=256", f"out={d}/lat")
+    run_cli("train-ldm", f"ae={d}/ae", "dataset=latents", f"dataset.path={d}/lat", "cond=text",
+            "trainer.max_steps=20", f"out={d}/ldm")
+    run_cli("train-ldm", f"ae={d}/ae", "cond=class", "trainer.max_steps=20", f"out={d}/ldm_cls")
+    run_cli("sample", f"ckpt={d}/ldm", "prompt=a red circle", "n=4", "sampler.steps=10", "guidance=3", "seed=0",
+            f"out={d}/s")
+    run_cli("eval-fid", f"ckpt={d}/ldm", "--samples", "64", f"inception_weights={inception_weights}",
+            "sampler.steps=5", f"out={d}/e")
+    run_cli("train-ldm", "-m", f"ae={d}/ae", "cond=none,class", "trainer.max_steps=5", f"out={d}/sweep")
+    return d
+
+
+def _meta(path):
+    return json.loads((path / "meta.json").read_text())
+
+
+def test_first_stage_dir(runs):
+    meta = _meta(runs / "ae")
+    assert meta["kind"] == "first_stage" and meta["f"] == 4 and meta["latent_shape"] == [3, 8, 8]
+    assert 0 < meta["scale_factor"] < 100 and math.isfinite(meta["metrics"]["val_psnr"])
+    for name in ("config.yaml", "model.safetensors", "checkpoints/last.ckpt"):
+        assert (runs / "ae" / name).is_file()
+    with Image.open(runs / "ae" / "reconstructions.png") as im:
+        assert im.size[0] > 32 * 8 and im.size[1] > 64  # 8 originals over 8 reconstructions
+    fs = ldmkit.load(runs / "ae")
+    assert isinstance(fs, FirstStage) and fs.scale_factor == pytest.approx(meta["scale_factor"])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = fs.encode(x)
+    assert z.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(z, fs.posterior(x).mode() * meta["scale_factor"])
+    assert not torch.equal(fs.encode(x, sample=True), z)
+    assert fs.decode(z).shape == (2, 3, 32, 32)
+
+
+def test_latent_shards(runs):
+    manifest = json.loads((runs / "lat" / "manifest.json").read_text())
+    assert manifest["count"] == 256 and manifest["first_stage"]["hash"] == _meta(runs / "ae")["hash"]
+    assert manifest["latent_shape"] == [3, 8, 8]
+    samples = list(iterate_shards(runs / "lat"))
+    assert len(samples) == 256
+    assert {"latent_mean", "latent_std", "caption", "class_label", "boxes", "semantic", "scene"} <= set(samples[0])
+    assert samples[0]["latent_mean"].shape == (3, 8, 8) and bool((samples[0]["latent_std"] > 0).all())
+    # the stored posterior mean is the first stage's encoding of the same dataset sample
+    from ldmkit.data.shapes import ShapesDataset
+    fs = ldmkit.load(runs / "ae")
+    image = ShapesDataset(size=256)[0]["image"][None]
+    torch.testing.assert_close(samples[0]["latent_mean"][None], fs.posterior(image).mean, atol=2e-2, rtol=1e-2)
+
+
+def test_ldm_dirs_and_api(runs):
+    for name, cond in (("ldm", "TextConditioner"), ("ldm_cls", "ClassConditioner")):
+        meta = _meta(runs / name)
+        assert meta["kind"] == "ldm" and meta["cond"] == cond and meta["steps"] == 20
+        assert meta["first_stage"]["hash"] == _meta(runs / "ae")["hash"]
+        assert (runs / name / "ema.safetensors").is_file() and (runs / name / "first_stage" / "meta.json").is_file()
+    ldm = ldmkit.load(runs / "ldm")
+    assert isinstance(ldm, LatentDiffusion) and isinstance(ldm.first_stage, FirstStage)
+    context, mask = ldm.cond(["a red circle"])
+    out = ldm.unet(torch.randn(1, 3, 8, 8), torch.tensor([500]), context=context)
+    assert out.shape == (1, 3, 8, 8) and out.abs().sum() > 0
+    images = ldm.sample(["a red circle", "a blue square"], guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    raw = ldmkit.load(runs / "ldm", use_ema=False)
+    assert not torch.equal(raw.unet.out[2].weight, ldm.unet.out[2].weight)  # EMA differs from raw weights
+
+
+def test_sample_outputs(runs):
+    files = sorted(p.name for p in (runs / "s").glob("0*.png"))
+    assert files == [f"{i:06d}.png" for i in range(4)]
+    listing = json.loads((runs / "s" / "samples.json").read_text())
+    assert [s["cond"] for s in listing["samples"]] == ["a red circle"] * 4 and listing["seed"] == 0
+    with Image.open(runs / "s" / "grid.png") as im:
+        assert im.size == (2 * 34 + 2, 2 * 34 + 2)
+
+
+def test_eval_fid_metrics(runs):
+    metrics = json.loads((runs / "e" / "metrics.json").read_text())
+    assert metrics["samples"] == 64 and metrics["reference"] == 64
+    assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    assert math.isfinite(metrics["kid_mean"]) and metrics["kid_subset_size"] == 64
+    assert len(list((runs / "e" / "samples").glob("*.png"))) == 64
+
+
+def test_multirun_sweep_one_dir_per_job(runs):
+    jobs = sorted(p for p in (runs / "sweep").iterdir() if p.is_dir() and (p / "meta.json").is_file())
+    assert [p.name for p in jobs] == ["0_cond=none,trainer.max_steps=5", "1_cond=class,trainer.max_steps=5"]
+    assert [_meta(p)["cond"] for p in jobs] == ["NoConditioner", "ClassConditioner"]
+    assert all(_meta(p)["steps"] == 5 for p in jobs)
+
+
+def test_sampling_is_seeded(runs, tmp_path):
+    args = [f"ckpt={runs}/ldm_cls", "label=red circle", "n=2", "sampler.steps=4"]
+    run_cli("sample", *args, "seed=3", f"out={tmp_path}/a")
+    run_cli("sample", *args, "seed=3", f"out={tmp_path}/b")
+    run_cli("sample", *args, "seed=4", f"out={tmp_path}/c")
+    read = lambda d: (tmp_path / d / "grid.png").read_bytes()  # noqa: E731
+    assert read("a") == read("b") and read("a") != read("c")
+    bad = run_cli("sample", f"ckpt={runs}/ldm_cls", "prompt=a red circle", f"out={tmp_path}/d", check=False)
+    assert bad.returncode == 2 and "class-conditional" in bad.stderr
