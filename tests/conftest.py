@@ -42,3 +42,18 @@ def inception_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+COMPAT = Path(__file__).parent / "fixtures" / "compat"
+
+
+def compat_entries(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) pairs, in order, of a CompVis reference state dict listed in fixtures/compat/<name>.tsv."""
+    entries = []
+    for line in (COMPAT / f"{name}.tsv").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        dims = shape.strip().strip("()").split(",")
+        entries.append((key, tuple(int(d) for d in dims if d.strip())))
+    return entries

@@ -13,16 +13,20 @@ from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.tasks.common import console, run_dir
 
 
-def _latent_source(cfg: DictConfig, ae_meta: dict) -> None:
-    """With dataset=latents, the shards must come from the same first stage as ae=."""
+def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
+    """The latent shape the UNet trains on; with dataset=latents the shards must come from ae=."""
     if "path" not in cfg.dataset:
-        return
+        f, res = ae_meta["f"], cfg.dataset.resolution
+        if res % f:
+            raise UserError(f"dataset.resolution={res} is not divisible by the first stage's f={f}")
+        return [ae_meta["latent_channels"], res // f, res // f]
     manifest = read_manifest(cfg.dataset.path)
     if manifest["first_stage"]["hash"] != ae_meta["hash"]:
         raise UserError(
             f"dataset.path={cfg.dataset.path} was encoded with first stage {manifest['first_stage']['hash']} "
             f"({manifest['first_stage']['path']}), but ae= is {ae_meta['hash']}"
         )
+    return manifest["latent_shape"]
 
 
 def _fill_unet(cfg: DictConfig, channels: int) -> None:
@@ -46,7 +50,7 @@ def run(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, verbose=False)
     ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
-    _latent_source(cfg, ae_meta)
+    latent_shape = _latent_shape(cfg, ae_meta)
     _fill_unet(cfg, ae_meta["latent_channels"])
     with open_dict(cfg):
         cfg.ae = str(ae_dir.resolve())
@@ -59,7 +63,7 @@ def run(cfg: DictConfig) -> None:
         cond=cond,
         schedule=instantiate(cfg.diffusion),
         first_stage=modeldir.load(ae_dir),
-        latent_shape=ae_meta["latent_shape"],
+        latent_shape=latent_shape,
     )
     module = LDMModule(ldm, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay)
     iterable = isinstance(dataset, IterableDataset)
@@ -78,7 +82,7 @@ def run(cfg: DictConfig) -> None:
             "prediction": "eps",
             "cond": type(cond).__name__,
             "cond_key": cond.key,
-            "latent_shape": ae_meta["latent_shape"],
+            "latent_shape": latent_shape,
             "f": ae_meta["f"],
             "scale_factor": ae_meta["scale_factor"],
             "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},

@@ -25,4 +25,4 @@ class AutoencoderModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the autoencoder (CompVis uses betas (0.5, 0.9))."""
-        return torch.optim.Adam(self.ae.parameters(), lr=self.lr, betas=self.betas)
+        return torch.optim.Adam(self.ae.parameters(), lr=self.lr, betas=self.betas, fused=True)

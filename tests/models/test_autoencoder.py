@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compat_entries
 from torch import nn
 
 from ldmkit.models.autoencoder import AttnBlock, AutoencoderKL, DiagonalGaussian, Downsample, Upsample
@@ -27,18 +28,6 @@ TSV_KWARGS = dict(
     attn_resolutions=[],
     dropout=0.0,
 )
-
-
-def _tsv_entries() -> list[tuple[str, tuple[int, ...]]]:
-    """(key, shape) pairs of the reference state dict, in order."""
-    entries = []
-    for line in TSV.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")
-        dims = shape.strip().strip("()").split(",")
-        entries.append((key, tuple(int(d) for d in dims if d.strip())))
-    return entries
 
 
 def _tiny(ch_mult=(1, 1, 1), **kw) -> AutoencoderKL:
@@ -65,7 +54,7 @@ def test_tsv_header_matches_the_arguments_used():
 
 
 def test_state_dict_keys_and_shapes_match_compvis_in_order():
-    expected = _tsv_entries()
+    expected = compat_entries("autoencoder_kl_f4")
     assert len(expected) > 100  # the parser actually read the file
     ae = AutoencoderKL(**TSV_KWARGS)
     got = [(k, tuple(v.shape)) for k, v in ae.state_dict().items()]
@@ -74,7 +63,7 @@ def test_state_dict_keys_and_shapes_match_compvis_in_order():
 
 def test_load_compvis_shaped_state_dict_strict():
     g = torch.Generator().manual_seed(1)
-    sd = {k: torch.randn(shape, generator=g) for k, shape in _tsv_entries()}
+    sd = {k: torch.randn(shape, generator=g) for k, shape in compat_entries("autoencoder_kl_f4")}
     ae = AutoencoderKL(**TSV_KWARGS)
     result = ae.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys

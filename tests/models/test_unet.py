@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compat_entries
 from torch import nn
 
 from ldmkit.models.attention import AttentionBlock, BasicTransformerBlock, CrossAttention
@@ -38,18 +39,6 @@ UNCOND_KWARGS = dict(
     num_heads=2,
 )
 CASES = {"unet_crossattn": CROSSATTN_KWARGS, "unet_uncond_selfattn": UNCOND_KWARGS}
-
-
-def _tsv_entries(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """(key, shape) pairs of the reference state dict, in order."""
-    entries = []
-    for line in (FIXTURES / f"{name}.tsv").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")
-        dims = shape.strip().strip("()").split(",")
-        entries.append((key, tuple(int(d) for d in dims if d.strip())))
-    return entries
 
 
 def _randomize(module: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
@@ -108,7 +97,7 @@ def test_tsv_headers_match_the_arguments_used():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_state_dict_keys_and_shapes_match_compvis_in_order(name):
-    expected = _tsv_entries(name)
+    expected = compat_entries(name)
     assert len(expected) > 100  # the parser actually read the file
     got = [(k, tuple(v.shape)) for k, v in UNetModel(**CASES[name]).state_dict().items()]
     assert got == expected
@@ -117,7 +106,7 @@ def test_state_dict_keys_and_shapes_match_compvis_in_order(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_load_compvis_shaped_state_dict_strict(name):
     g = torch.Generator().manual_seed(1)
-    sd = {k: torch.randn(shape, generator=g) for k, shape in _tsv_entries(name)}
+    sd = {k: torch.randn(shape, generator=g) for k, shape in compat_entries(name)}
     unet = UNetModel(**CASES[name])
     result = unet.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
