@@ -9,6 +9,7 @@ head-count logic follow CompVis exactly, so published LDM UNet weights load with
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -42,12 +43,12 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> 
     return embedding
 
 
-class TimestepBlock(nn.Module):
+class TimestepBlock(nn.Module, ABC):
     """A module whose forward takes the timestep embedding as a second argument."""
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # pragma: no cover - interface
+    @abstractmethod
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """Apply the module to ``x`` given embeddings ``emb``."""
-        raise NotImplementedError
 
 
 class TimestepEmbedSequential(nn.Sequential):
