@@ -26,6 +26,7 @@ from ldmkit.models.ae_blocks import (
 __all__ = [
     "AutoencoderKL",
     "DiagonalGaussian",
+    "PointPosterior",
     "Encoder",
     "Decoder",
     "ResnetBlock",
@@ -39,6 +40,8 @@ __all__ = [
 
 class DiagonalGaussian:
     """Diagonal Gaussian posterior q(z | x) from ``parameters = concat(mean, logvar)`` along dim 1."""
+
+    reg_name = "kl"
 
     def __init__(self, parameters: Tensor) -> None:
         if parameters.dim() < 2 or parameters.shape[1] % 2:
@@ -66,6 +69,55 @@ class DiagonalGaussian:
         """KL(q || N(0, I)) per sample, summed over all non-batch dims: shape (B,)."""
         dims = tuple(range(1, self.mean.dim()))
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+
+    def reg_loss(self) -> Tensor:
+        """The regulariser: KL per sample, batch mean."""
+        return self.kl().mean()
+
+    def logs(self) -> dict[str, Tensor]:
+        """Values worth logging during training."""
+        return {"kl": self.kl().mean().detach()}
+
+
+class PointPosterior:
+    """A deterministic "posterior" (VQ pre-quantisation latents, the identity stage): std 0, sample = mean.
+
+    VQ models fill ``reg`` (codebook + commitment loss), ``indices`` and ``perplexity`` during ``forward``.
+    """
+
+    reg_name = "codebook"
+
+    def __init__(
+        self,
+        mean: Tensor,
+        reg: Tensor | None = None,
+        indices: Tensor | None = None,
+        perplexity: Tensor | None = None,
+    ) -> None:
+        self.mean, self.reg, self.indices, self.perplexity = mean, reg, indices, perplexity
+        self.std = torch.zeros_like(mean)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """The latent itself (nothing to sample)."""
+        return self.mean
+
+    def mode(self) -> Tensor:
+        """The latent itself."""
+        return self.mean
+
+    def reg_loss(self) -> Tensor:
+        """The codebook + commitment loss (0 when there is no quantiser)."""
+        return self.reg if self.reg is not None else self.mean.new_zeros(())
+
+    def logs(self) -> dict[str, Tensor]:
+        """Codebook loss, perplexity and the fraction of codes used in this batch (VQ only)."""
+        if self.indices is None:
+            return {}
+        return {
+            "codebook": self.reg.detach(),
+            "perplexity": self.perplexity.detach(),
+            "codes_used": torch.tensor(float(self.indices.unique().numel())),
+        }
 
 
 class AutoencoderKL(nn.Module):

@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ldmkit.models.autoencoder import DiagonalGaussian, PointPosterior
+
+
+@torch.no_grad()
+def latent_scale(ae: nn.Module, images: Tensor) -> float:
+    """KL: 1 / std of posterior samples z on one batch (CompVis ``scale_by_std``); VQ and identity: 1.0."""
+    posterior = ae.encode(images)
+    if not isinstance(posterior, DiagonalGaussian):
+        return 1.0
+    z = posterior.sample(generator=torch.Generator(images.device).manual_seed(0))
+    return float(1.0 / z.flatten().std())
+
 
 class FirstStage(nn.Module):
     """Wraps an autoencoder with its latent scale: ``encode(x) = scale * E(x)``, ``decode(z) = D(z / scale)``."""
@@ -37,3 +49,30 @@ class FirstStage(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """Images in (about) [-1, 1] from scaled latents."""
         return self.ae.decode(z / self.scale_factor)
+
+
+class IdentityStage(nn.Module):
+    """No first stage (f = 1, the paper's pixel-space LDM-1): the "latent" is the image itself."""
+
+    def __init__(self, *, in_channels: int = 3, resolution: int = 32) -> None:
+        super().__init__()
+        self.in_channels, self.resolution = int(in_channels), int(resolution)
+
+    downsample_factor = 1
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent (= image channels)."""
+        return self.in_channels
+
+    def encode(self, x: Tensor) -> PointPosterior:
+        """The image as its own latent."""
+        return PointPosterior(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The latent as the image."""
+        return z
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
+        """Perfect reconstruction."""
+        return x, PointPosterior(x)

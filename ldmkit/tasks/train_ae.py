@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from ldmkit import modeldir
 from ldmkit.errors import UserError
-from ldmkit.models.first_stage import FirstStage
+from ldmkit.models.first_stage import FirstStage, latent_scale
 from ldmkit.models.losses import psnr
 from ldmkit.tasks.common import console, run_dir, save_grid
 
@@ -18,13 +18,6 @@ def _check_resolution(resolution: int, f: int) -> None:
     """The image side must be divisible by f and leave a latent of at least 2x2."""
     if resolution % f or resolution // f < 2:
         raise UserError(f"dataset.resolution={resolution} is too small or not divisible for f={f}: use a multiple of {f} that is >= {2 * f}")
-
-
-@torch.no_grad()
-def latent_scale(ae: torch.nn.Module, images: torch.Tensor) -> float:
-    """1 / std of posterior samples z on one batch (CompVis ``scale_by_std``)."""
-    z = ae.encode(images).sample(generator=torch.Generator(images.device).manual_seed(0))
-    return float(1.0 / z.flatten().std())
 
 
 def run(cfg: DictConfig) -> None:
