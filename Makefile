@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 
 # The five commands on `shapes` with text conditioning (about 10 minutes on 2 CPU cores).
 demo: install
-	$(VENV)/bin/ldmkit train-ae first_stage.ch_mult=[1,2,2] trainer.max_steps=500 optim.lr=1e-3 out=$(DEMO)/ae
+	$(VENV)/bin/ldmkit train-ae first_stage.ch_mult=[1,2,2] trainer.max_steps=500 optim.lr=1e-3 loss.perceptual=null \
+		out=$(DEMO)/ae
 	$(VENV)/bin/ldmkit encode-dataset ae=$(DEMO)/ae dataset.size=10000 out=$(DEMO)/latents
 	$(VENV)/bin/ldmkit train-ldm ae=$(DEMO)/ae dataset=latents dataset.path=$(DEMO)/latents cond=text \
 		trainer.max_steps=1000 loader.batch_size=16 optim.lr=1e-3 out=$(DEMO)/ldm

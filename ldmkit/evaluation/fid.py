@@ -35,15 +35,15 @@ def hub_inception_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
-def find_inception_weights(path: str | None) -> tuple[Path | None, str]:
+def find_inception_weights(path: str | None, option: str = "inception_weights") -> tuple[Path | None, str]:
     """The weights file to use, or None and a one-line reason naming the missing file and where to put it."""
     if path:
         p = Path(path).expanduser()
-        return (p, "") if p.is_file() else (None, f"inception_weights={path} does not exist")
+        return (p, "") if p.is_file() else (None, f"{option}={path} does not exist")
     p = hub_inception_path()
     if p.is_file():
         return p, ""
-    return None, f"Inception weights not found: put {INCEPTION_FILE} at {p} or pass inception_weights=PATH"
+    return None, f"Inception weights not found: put {INCEPTION_FILE} at {p} or pass {option}=PATH"
 
 
 def check_weights_file(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``ldmkit eval-fid``: FID / KID of an LDM's samples (or an image folder) against the dataset."""
+"""``ldmkit eval-fid``: FID / KID of an LDM's samples (or an image folder) against the dataset; rFID of an AE."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rich.table import Table
 from ldmkit import modeldir
 from ldmkit.errors import UserError
 from ldmkit.evaluation.fid import fid_kid, find_inception_weights
-from ldmkit.tasks.common import console, device, run_dir, save_png, to_uint8
+from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
+from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
 from ldmkit.tasks.generation import conditions, generate
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -50,6 +51,8 @@ def run(cfg: DictConfig) -> None:
     weights, reason = find_inception_weights(cfg.inception_weights)
     if weights is None and cfg.on_missing_weights != "skip":
         raise UserError(reason)
+    if cfg.ae:
+        return _eval_first_stage(cfg, n, weights, reason, out)
     if cfg.images:
         generated, skipped = load_folder(Path(cfg.images), n)
         source = {"images": str(Path(cfg.images).resolve()), "skipped_unreadable": skipped}
@@ -76,12 +79,31 @@ def run(cfg: DictConfig) -> None:
     _print_table(metrics)
 
 
-def _print_table(metrics: dict) -> None:
+def _eval_first_stage(cfg: DictConfig, n: int, weights: Path | None, reason: str, out: Path) -> None:
+    """Reconstruction metrics of a first stage (ae=DIR) on ``n`` dataset images: PSNR, SSIM, L1, rFID."""
+    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
+    stage = modeldir.load(ae_dir).to(device())
+    dataset = instantiate(cfg.dataset, size=n)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    rec = reconstruct(stage, images, cfg.batch_size)
+    k = min(8, n)
+    save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)
+    metrics = {"ae": str(ae_dir.resolve()), **reconstruction_metrics(images, rec, weights, cfg.batch_size)}
+    if weights is None:
+        console.print(f"skipped rFID: {reason}")
+        metrics.update({"rfid": None, "skipped": reason})
+    else:
+        metrics["inception_weights"] = str(weights)
+    modeldir.write_json(out / "metrics.json", metrics)
+    _print_table(metrics, ("rfid", "rkid", "psnr", "ssim", "l1", "images"))
+
+
+def _print_table(metrics: dict, keys: tuple = ("fid", "kid_mean", "kid_std", "samples", "reference")) -> None:
     """A rich table of the numeric metrics."""
     table = Table(title="eval-fid")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("fid", "kid_mean", "kid_std", "samples", "reference"):
+    for key in keys:
         value = metrics.get(key)
         table.add_row(key, "skipped" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
     console.print(table)

@@ -1,66 +1,107 @@
-"""``ldmkit train-ae``: train the first-stage autoencoder and write its model dir."""
+"""``ldmkit train-ae``: train the first-stage autoencoder and write its model dir with a reconstruction report."""
 
 from __future__ import annotations
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ldmkit import modeldir
 from ldmkit.errors import UserError
-from ldmkit.models.first_stage import FirstStage, latent_scale
-from ldmkit.models.losses import psnr
+from ldmkit.evaluation.fid import find_inception_weights
+from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
+from ldmkit.models.autoencoder import AutoencoderKL
+from ldmkit.models.first_stage import FirstStage, IdentityStage, latent_scale
+from ldmkit.models.vq import VQModel
 from ldmkit.tasks.common import console, run_dir, save_grid
 
+AE_TYPES = {AutoencoderKL: "kl", VQModel: "vq", IdentityStage: "identity"}
 
-def _check_resolution(resolution: int, f: int) -> None:
+
+def check_resolution(resolution: int, f: int) -> None:
     """The image side must be divisible by f and leave a latent of at least 2x2."""
     if resolution % f or resolution // f < 2:
-        raise UserError(f"dataset.resolution={resolution} is too small or not divisible for f={f}: use a multiple of {f} that is >= {2 * f}")
+        raise UserError(
+            f"dataset.resolution={resolution} is too small for f={f}: "
+            f"use a multiple of {f} that is at least {2 * f} (e.g. dataset.resolution={max(2 * f, resolution // f * f + f)})"
+        )
 
 
-def run(cfg: DictConfig) -> None:
-    """Train, then save config.yaml, model.safetensors, meta.json and reconstructions.png."""
-    import pytorch_lightning as pl
+def _chosen(group: str) -> str | None:
+    """The option picked for a config group in this job (``f=8`` -> "8")."""
+    from hydra.core.hydra_config import HydraConfig
 
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
+    """Fit the autoencoder (and discriminator) with Lightning; return the training steps done."""
     from ldmkit.training.autoencoder_module import AutoencoderModule
     from ldmkit.training.trainer import make_trainer
 
-    out = run_dir()
-    pl.seed_everything(cfg.seed, verbose=False)
-    dataset = instantiate(cfg.dataset)
-    val = instantiate(cfg.dataset, split="val", size=max(cfg.recon_images, cfg.loader.batch_size))
-    ae = instantiate(cfg.first_stage)
-    _check_resolution(cfg.dataset.resolution, ae.downsample_factor)
     module = AutoencoderModule(ae, instantiate(cfg.loss), lr=cfg.optim.lr, betas=cfg.optim.betas)
     loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
-    trainer = make_trainer(dict(cfg.trainer), out)
+    trainer_cfg = dict(cfg.trainer)
+    if trainer_cfg.get("max_steps", -1) > 0:  # Lightning counts both optimisers' steps (STACK_NOTES)
+        trainer_cfg["max_steps"] *= module.steps_per_batch
+    trainer = make_trainer(trainer_cfg, out)
     trainer.fit(module, loader)
-    if not trainer.is_global_zero:
-        return
+    return module.ae_step if trainer.is_global_zero else -1
 
-    ae = module.ae.cpu().eval()
+
+def run(cfg: DictConfig) -> None:
+    """Train, then save config.yaml, model.safetensors, meta.json (scale, metrics) and reconstructions.png."""
+    import pytorch_lightning as pl
+
+    out = run_dir()
+    pl.seed_everything(cfg.seed, verbose=False)
+    ae = instantiate(cfg.first_stage)
+    kind = AE_TYPES.get(type(ae))
+    if kind is None:
+        raise UserError(f"first_stage._target_={cfg.first_stage._target_} is not a first-stage model")
+    if _chosen("f") == "1" and kind != "identity":
+        raise UserError(f"f=1 means no first stage (pixel space): drop first_stage={_chosen('first_stage')} "
+                        "or use first_stage=identity")
+    res, f = int(cfg.dataset.resolution), ae.downsample_factor
+    check_resolution(res, f)
+    weights, reason = find_inception_weights(cfg.report.inception_weights, "report.inception_weights")
+    if weights is None and cfg.report.on_missing_weights != "skip":
+        raise UserError(reason)
+    dataset = instantiate(cfg.dataset)
+    steps = 0
+    if kind == "identity":
+        console.print("first_stage=identity (f=1): nothing to train; writing the pixel-space stage")
+    else:
+        steps = _train(cfg, ae, dataset, out)
+        if steps < 0:
+            return
+    ae = ae.cpu().eval()
     first = next(iter(DataLoader(dataset, batch_size=cfg.loader.batch_size)))["image"]
-    scale = latent_scale(ae, first)
+    stage = FirstStage(ae, latent_scale(ae, first))
+    val = instantiate(cfg.dataset, split="val", size=max(cfg.report.images, cfg.report.grid))
     images = torch.stack([val[i]["image"] for i in range(len(val))])
-    with torch.no_grad():
-        rec = FirstStage(ae, scale).decode(FirstStage(ae, scale).encode(images)).clamp(-1, 1)
-    k = cfg.recon_images
+    rec = reconstruct(stage, images)
+    k = cfg.report.grid
     save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)
-    f = ae.downsample_factor
-    res = cfg.dataset.resolution
-    metrics = {"val_psnr": float(psnr(images, rec).mean()), "val_l1": float((images - rec).abs().mean())}
+    metrics = {f"val_{k}": v for k, v in reconstruction_metrics(images, rec, weights).items()}
+    if weights is None:
+        metrics["val_rfid_skipped"] = reason
     meta = modeldir.save(out, cfg, {"model": ae.state_dict()}, {
         "kind": "first_stage",
-        "type": "kl",
+        "type": kind,
         "f": f,
         "latent_channels": ae.latent_channels,
         "resolution": res,
         "latent_shape": [ae.latent_channels, res // f, res // f],
-        "scale_factor": scale,
-        "steps": trainer.global_step,
+        "scale_factor": stage.scale_factor,
+        "steps": steps,
         "metrics": metrics,
     })
-    console.print(f"first stage f={f} -> {out}  (scale {scale:.4f}, val PSNR {metrics['val_psnr']:.2f} dB, hash {meta['hash']})")
+    rfid = f", rFID {metrics['val_rfid']:.2f}" if "val_rfid" in metrics else ""
+    console.print(
+        f"first stage {kind} f={f} -> {out}  (scale {stage.scale_factor:.4f}, val PSNR {metrics['val_psnr']:.2f} dB, "
+        f"SSIM {metrics['val_ssim']:.3f}{rfid}, hash {meta['hash']})"
+    )

@@ -19,6 +19,6 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
         **trainer_cfg,
         default_root_dir=str(run_dir),
         logger=CSVLogger(str(run_dir), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True), bar, *(callbacks or [])],
+        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0), bar, *(callbacks or [])],
         enable_model_summary=False,
     )

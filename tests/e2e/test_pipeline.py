@@ -20,7 +20,9 @@ from ldmkit.models.ldm import LatentDiffusion
 def runs(tmp_path_factory, inception_weights):
     """Run the issue's contract lines once at tiny size; return the root dir."""
     d = tmp_path_factory.mktemp("pipeline")
-    run_cli("train-ae", "trainer.max_steps=20", f"out={d}/ae")
+    # the full paper loss (L1 + LPIPS with a random stand-in backbone + PatchGAN from step 10)
+    run_cli("train-ae", "trainer.max_steps=20", "loss.perceptual.weights=random", "loss.disc_start=10",
+            f"report.inception_weights={inception_weights}", "report.images=32", f"out={d}/ae")
     run_cli("encode-dataset", f"ae={d}/ae", "dataset.size=256", f"out={d}/lat")
     run_cli("train-ldm", f"ae={d}/ae", "dataset=latents", f"dataset.path={d}/lat", "cond=text",
             "trainer.max_steps=20", f"out={d}/ldm")
@@ -41,6 +43,13 @@ def test_first_stage_dir(runs):
     meta = _meta(runs / "ae")
     assert meta["kind"] == "first_stage" and meta["f"] == 4 and meta["latent_shape"] == [3, 8, 8]
     assert 0 < meta["scale_factor"] < 100 and math.isfinite(meta["metrics"]["val_psnr"])
+    assert meta["steps"] == 20 and meta["type"] == "kl" and meta["metrics"]["val_images"] == 32
+    assert 0 < meta["metrics"]["val_ssim"] <= 1 and meta["metrics"]["val_rfid"] > 0
+    log = (runs / "ae" / "logs" / "metrics.csv").read_text().splitlines()
+    header = log[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in log[1:]]
+    gan_steps = [float(r["train/step"]) for r in rows if r.get("train/g_loss")]
+    assert gan_steps and min(gan_steps) > 10  # adversarial terms only from disc_start on
     for name in ("config.yaml", "model.safetensors", "checkpoints/last.ckpt"):
         assert (runs / "ae" / name).is_file()
     with Image.open(runs / "ae" / "reconstructions.png") as im:

@@ -1,0 +1,1 @@
+"""Readers for checkpoints of other latent-diffusion code bases (CompVis latent-diffusion)."""
