@@ -52,9 +52,36 @@ def eval_fid(
     ctx: typer.Context,
     samples: Optional[int] = typer.Option(None, "--samples", help="Number of images to generate/compare."),  # noqa: UP045
 ) -> None:
-    """FID and KID (torch-fidelity) of an LDM's samples (ckpt=DIR) or an image folder against the dataset."""
+    """FID/KID of an LDM's samples (ckpt=DIR) or an image folder vs the dataset; rFID/PSNR/SSIM of a first stage (ae=DIR)."""
     extra = [f"samples={samples}"] if samples is not None else []
     _forward("eval_fid", "eval-fid", [*ctx.args, *extra])
+
+
+def _path_override(key: str, value: str) -> str:
+    """``key=value`` for Hydra, quoting paths its override grammar would misread (spaces, commas, '=', '~' …)."""
+    import re
+
+    if re.fullmatch(r"[\w/.+\-:@%]+", value, flags=re.ASCII):
+        return f"{key}={value}"
+    return f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+@app.command("import-compvis", context_settings=FORWARD)
+def import_compvis(
+    ctx: typer.Context,
+    config: Optional[str] = typer.Argument(None, metavar="CONFIG.yaml", help="The CompVis OmegaConf YAML."),  # noqa: UP045
+    ckpt: Optional[str] = typer.Argument(None, metavar="MODEL.ckpt", help="Its .ckpt or .safetensors."),  # noqa: UP045
+) -> None:
+    """Import a CompVis first stage (AutoencoderKL, VQModel or a LatentDiffusion's) as a first-stage model dir."""
+    given = [a for a in (config, ckpt, *ctx.args) if a is not None]
+    if {"--help", "-h", "--hydra-help"} & set(given):  # the positionals may have swallowed the flag
+        _forward("import_compvis", "import-compvis", [a for a in given if a.startswith("-") or "=" in a])
+    if ckpt is None:
+        typer.echo("error: usage: ldmkit import-compvis CONFIG.yaml MODEL.ckpt [out=DIR] [overrides]: "
+                   f"missing {'CONFIG.yaml and MODEL.ckpt' if config is None else 'MODEL.ckpt'}", err=True)
+        raise typer.Exit(2)
+    paths = [_path_override("config", config), _path_override("ckpt", ckpt)]
+    _forward("import_compvis", "import-compvis", [*paths, *ctx.args])
 
 
 def main() -> None:

@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
-import torch
 
 LDMKIT = Path(sys.executable).with_name("ldmkit")
 
@@ -26,22 +24,9 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory) -> Path:
     """torch-fidelity's Inception-v3 with random (kaiming) weights saved as a plain state dict."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from ldmkit.evaluation.fid import write_random_inception
 
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    gen = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
-            w = torch.empty_like(m.weight)
-            torch.nn.init.kaiming_normal_(w, generator=gen)
-            m.weight.data.copy_(w)
-            if m.bias is not None:
-                m.bias.data.zero_()
-    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 
 
 COMPAT = Path(__file__).parent / "fixtures" / "compat"

@@ -46,6 +46,30 @@ def find_inception_weights(path: str | None, option: str = "inception_weights") 
     return None, f"Inception weights not found: put {INCEPTION_FILE} at {p} or pass {option}=PATH"
 
 
+def write_random_inception(path: Path, seed: int = 0) -> Path:
+    """Save torch-fidelity's Inception-v3 with random (kaiming) weights: an offline stand-in for tests and
+    relative comparisons only (its FID ranks models on one table; it is not comparable to published FIDs)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            w = torch.empty_like(m.weight)
+            torch.nn.init.kaiming_normal_(w, generator=gen)
+            m.weight.data.copy_(w)
+            if m.bias is not None:
+                m.bias.data.zero_()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def check_weights_file(path: Path) -> None:
     """Refuse a weights file that is not plain tensors (torch-fidelity itself unpickles it fully)."""
     try:

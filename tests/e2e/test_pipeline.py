@@ -31,6 +31,7 @@ def runs(tmp_path_factory, inception_weights):
             f"out={d}/s")
     run_cli("eval-fid", f"ckpt={d}/ldm", "--samples", "64", f"inception_weights={inception_weights}",
             "sampler.steps=5", f"out={d}/e")
+    run_cli("eval-fid", f"ae={d}/ae", "--samples", "32", f"inception_weights={inception_weights}", f"out={d}/e_ae")
     run_cli("train-ldm", "-m", f"ae={d}/ae", "cond=none,class", "trainer.max_steps=5", f"out={d}/sweep")
     return d
 
@@ -111,6 +112,16 @@ def test_eval_fid_metrics(runs):
     assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
     assert math.isfinite(metrics["kid_mean"]) and metrics["kid_subset_size"] == 64
     assert len(list((runs / "e" / "samples").glob("*.png"))) == 64
+
+
+def test_eval_fid_on_a_first_stage_reports_reconstruction_metrics(runs):
+    metrics = json.loads((runs / "e_ae" / "metrics.json").read_text())
+    assert metrics["images"] == 32 and metrics["rfid"] > 0 and math.isfinite(metrics["rkid"])
+    assert 0 < metrics["ssim"] <= 1
+    # the same validation images and first stage as train-ae's own report (its first 32 of 32)
+    assert metrics["psnr"] == pytest.approx(_meta(runs / "ae")["metrics"]["val_psnr"], abs=1e-4)
+    with Image.open(runs / "e_ae" / "reconstructions.png") as im:
+        assert im.size == (8 * 34 + 2, 2 * 34 + 2)
 
 
 def test_multirun_sweep_one_dir_per_job(runs):
