@@ -117,6 +117,7 @@ def load(path: str | Path, use_ema: bool = True):
             schedule=instantiate(cfg.diffusion),
             first_stage=first_stage,
             latent_shape=tuple(meta["latent_shape"]),
+            prediction=meta.get("prediction", "eps"),
         )
         weights = path / ("ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "model.safetensors")
         ldm.trainable().load_state_dict(load_weights(weights))

@@ -1,4 +1,5 @@
-"""Conditioners (the paper's tau_theta): batch field -> (context tokens, key mask) for cross-attention.
+"""Conditioners (the paper's tau_theta): batch fields -> a ``Cond`` (cross-attention tokens and/or channels
+concatenated to the latent).
 
 Every conditioner has a ``key`` (the dataset field it reads), a ``drop_prob`` (conditioning dropout for
 classifier-free guidance) and a *null* value meaning "no condition".
@@ -7,23 +8,65 @@ classifier-free guidance) and a *null* value meaning "no condition".
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-Context = tuple[Tensor | None, Tensor | None]
+
+@dataclass
+class Cond:
+    """What a conditioner hands the UNet: cross-attention ``context`` (B, L, D) with key ``mask`` (B, L)
+    (True = attend; None = all), and ``concat`` channels (B, C, h, w) joined to the latent (resized to it)."""
+
+    context: Tensor | None = None
+    mask: Tensor | None = None
+    concat: Tensor | None = None
+
+
+def _join(parts: list[Tensor | None], dim: int) -> Tensor | None:
+    """Concatenate the non-None tensors along ``dim`` (None when there are none)."""
+    present = [p for p in parts if p is not None]
+    return torch.cat(present, dim) if present else None
+
+
+def _masks(conds: list[Cond]) -> list[Tensor | None]:
+    """Each Cond's key mask, filled with True where a Cond has context but no mask (only if any mask exists)."""
+    if all(c.mask is None for c in conds):
+        return [None] * len(conds)
+    return [c.mask if c.mask is not None or c.context is None
+            else torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device) for c in conds]
+
+
+def cat_batch(conds: list[Cond]) -> Cond:
+    """Stack Conds along the batch (e.g. unconditional + conditional for guidance in one pass)."""
+    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), _join([c.concat for c in conds], 0))
+
+
+def merge(conds: list[Cond]) -> Cond:
+    """Combine several conditioners' outputs for one batch: tokens joined along L, channels along C."""
+    return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1))
 
 
 class Conditioner(nn.Module, ABC):
-    """Base class: ``forward(values) -> (context (B, L, D) or None, mask (B, L) bool or None)``."""
+    """Base class: ``forward(values) -> Cond``; ``values(batch)`` picks the inputs from a training batch."""
 
     key: str | None = None
     drop_prob: float = 0.0
+    concat_channels: int = 0  # channels this conditioner adds to the UNet input
 
     @abstractmethod
     def null(self, n: int) -> Any:
         """``n`` null values (the unconditional input)."""
+
+    def values(self, batch: dict) -> Any:
+        """This conditioner's input from a training batch (the field ``key``)."""
+        return batch[self.key]
+
+    def attach(self, first_stage: nn.Module) -> None:
+        """Called once by ``LatentDiffusion`` with its (frozen) first stage; conditioners that encode images
+        with it (inpainting) keep a reference that is *not* a registered sub-module."""
 
     def drop(self, values: Any, generator: torch.Generator | None = None) -> Any:
         """Replace each value by the null value with probability ``drop_prob`` (training-time dropout)."""
@@ -44,9 +87,13 @@ class NoConditioner(Conditioner):
         """Nothing to drop."""
         return [None] * n
 
-    def forward(self, values: Any = None) -> Context:
+    def values(self, batch: dict) -> None:
+        """Reads nothing."""
+        return None
+
+    def forward(self, values: Any = None) -> Cond:
         """No context, no mask."""
-        return None, None
+        return Cond()
 
 
 class ClassConditioner(Conditioner):
@@ -61,12 +108,12 @@ class ClassConditioner(Conditioner):
         """The null class index, ``n`` times."""
         return torch.full((n,), self.num_classes, dtype=torch.long)
 
-    def forward(self, values: Tensor) -> Context:
+    def forward(self, values: Tensor) -> Cond:
         """(B,) class ids -> (B, 1, D) context."""
         values = torch.as_tensor(values, device=self.embedding.weight.device).long().reshape(-1)
         if values.min() < 0 or values.max() > self.num_classes:
             raise ValueError(f"class ids must be in 0..{self.num_classes - 1} (got {values.tolist()})")
-        return self.embedding(values)[:, None], None
+        return Cond(self.embedding(values)[:, None])
 
 
 class TextConditioner(Conditioner):
@@ -108,8 +155,48 @@ class TextConditioner(Conditioner):
         """Captions -> (B, context_length) token ids (0 = padding, long captions are truncated)."""
         return self.tokenizer(list(captions))
 
-    def forward(self, values: list[str]) -> Context:
+    def forward(self, values: list[str]) -> Cond:
         """Captions -> per-token states (B, L, width) and the non-padding mask (B, L)."""
         tokens = self.tokenize(values).to(self.transformer.token_embedding.weight.device)
         _, states = self.transformer(tokens)
-        return states, tokens != 0
+        return Cond(states, tokens != 0)
+
+
+class MultiConditioner(Conditioner):
+    """Several conditioners at once (e.g. concat + cross-attention); values are a dict name -> values.
+
+    Each part keeps its own dropout rate; cross-attention parts must share one context width.
+    """
+
+    def __init__(self, parts: dict[str, Conditioner]) -> None:
+        super().__init__()
+        if not parts:
+            raise ValueError("MultiConditioner needs at least one part")
+        self.parts = nn.ModuleDict(parts)
+        self.concat_channels = sum(p.concat_channels for p in parts.values())
+
+    @property
+    def key(self) -> str:
+        """The fields read, comma-separated (for messages and meta.json)."""
+        return ",".join(str(p.key) for p in self.parts.values() if p.key is not None)
+
+    def values(self, batch: dict) -> dict[str, Any]:
+        """Every part's input from the batch."""
+        return {name: part.values(batch) for name, part in self.parts.items()}
+
+    def null(self, n: int) -> dict[str, Any]:
+        """Every part's null values."""
+        return {name: part.null(n) for name, part in self.parts.items()}
+
+    def attach(self, first_stage: nn.Module) -> None:
+        """Hand the first stage to every part."""
+        for part in self.parts.values():
+            part.attach(first_stage)
+
+    def drop(self, values: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Each part drops its own values with its own rate."""
+        return {name: part.drop(values[name], generator) for name, part in self.parts.items()}
+
+    def forward(self, values: dict[str, Any]) -> Cond:
+        """The parts' outputs merged: tokens joined along L, channels along C."""
+        return merge([part(values[name]) for name, part in self.parts.items()])

@@ -6,17 +6,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.diffusion.guidance import cfg_denoiser
+from ldmkit.diffusion.objectives import check_prediction, to_eps
 from ldmkit.diffusion.samplers import randn_like, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
-from ldmkit.models.conditioners import Conditioner, NoConditioner
+from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner
 from ldmkit.models.first_stage import FirstStage
 
 
+def resize_to(c: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize conditioning channels to the latent's spatial size: area-average down, bilinear up."""
+    if tuple(c.shape[-2:]) == tuple(size):
+        return c
+    if c.shape[-2] >= size[0] and c.shape[-1] >= size[1]:
+        return F.interpolate(c, size=size, mode="area")
+    return F.interpolate(c, size=size, mode="bilinear", align_corners=False)
+
+
 class LatentDiffusion(nn.Module):
-    """eps-prediction diffusion in a first stage's latent space, with classifier-free guidance at sampling."""
+    """Diffusion in a first stage's latent space (ε, v or x0 prediction), classifier-free guidance at sampling."""
 
     def __init__(
         self,
@@ -25,12 +36,15 @@ class LatentDiffusion(nn.Module):
         schedule: NoiseSchedule,
         first_stage: FirstStage,
         latent_shape: Sequence[int],
+        prediction: str = "eps",
     ) -> None:
         super().__init__()
+        self.prediction = check_prediction(prediction)
         self.unet = unet
         self.cond = cond
         self.schedule = schedule
         self.first_stage = first_stage.requires_grad_(False)
+        cond.attach(self.first_stage)
         self.latent_shape = tuple(int(s) for s in latent_shape)
 
     def trainable(self) -> nn.ModuleDict:
@@ -43,12 +57,19 @@ class LatentDiffusion(nn.Module):
         self.first_stage.eval()
         return self
 
-    def eps(self, x: Tensor, t: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """The UNet's noise prediction for latents ``x`` at timesteps ``t``."""
-        return self.unet(x, t, context=context, context_mask=mask)
+    def net(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        """The UNet's raw output (an ε, v or x0 prediction) for latents ``x`` at timesteps ``t``."""
+        cond = cond or Cond()
+        if cond.concat is not None:
+            x = torch.cat([x, resize_to(cond.concat.to(x.dtype), x.shape[-2:])], dim=1)
+        return self.unet(x, t, context=cond.context, context_mask=cond.mask)
 
-    def condition(self, values: Any) -> tuple[Tensor | None, Tensor | None]:
-        """Encode conditioning values (captions, labels, ...) to (context, mask)."""
+    def eps(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        """The noise prediction implied by the UNet's output (what every sampler consumes)."""
+        return to_eps(self.prediction, self.schedule, self.net(x, t, cond), x, t)
+
+    def condition(self, values: Any) -> Cond:
+        """Encode conditioning values (captions, labels, maps, ...) to a ``Cond``."""
         return self.cond(values)
 
     @torch.no_grad()

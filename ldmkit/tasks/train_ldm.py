@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 from torch.utils.data import DataLoader, IterableDataset
 
 from ldmkit import modeldir
@@ -29,14 +29,15 @@ def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
     return manifest["latent_shape"]
 
 
-def _fill_unet(cfg: DictConfig, channels: int) -> None:
-    """Set the UNet's in/out channels from the first stage (or check the user's values)."""
+def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
+    """Set the UNet's in/out channels from the first stage and the concat conditioning (or check the user's)."""
     with open_dict(cfg):
-        for key in ("in_channels", "out_channels"):
+        for key, want in (("in_channels", channels + concat), ("out_channels", channels)):
             if cfg.unet[key] is None:
-                cfg.unet[key] = channels
-            elif cfg.unet[key] != channels:
-                raise UserError(f"unet.{key}={cfg.unet[key]} but the first stage has {channels} latent channels")
+                cfg.unet[key] = want
+            elif cfg.unet[key] != want:
+                raise UserError(f"unet.{key}={cfg.unet[key]} but the first stage has {channels} latent channels "
+                                f"and the conditioner concatenates {concat}: expected {want}")
 
 
 def run(cfg: DictConfig) -> None:
@@ -51,21 +52,23 @@ def run(cfg: DictConfig) -> None:
     ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
     latent_shape = _latent_shape(cfg, ae_meta)
-    _fill_unet(cfg, ae_meta["latent_channels"])
     with open_dict(cfg):
         cfg.ae = str(ae_dir.resolve())
     dataset = instantiate(cfg.dataset)
     cond = instantiate(cfg.cond)
-    if cond.key is not None and cond.key not in _fields(dataset):
-        raise UserError(f"cond needs the dataset field {cond.key!r}; the dataset has {sorted(_fields(dataset))}")
+    _check_fields(cond, dataset)
+    _fill_unet(cfg, ae_meta["latent_channels"], cond.concat_channels)
     ldm = LatentDiffusion(
         unet=instantiate(cfg.unet),
         cond=cond,
         schedule=instantiate(cfg.diffusion),
         first_stage=modeldir.load(ae_dir),
         latent_shape=latent_shape,
+        prediction=cfg.objective.prediction,
     )
-    module = LDMModule(ldm, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay)
+    lr = effective_lr(cfg)
+    module = LDMModule(ldm, lr=lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay,
+                       min_snr_gamma=cfg.objective.min_snr_gamma)
     iterable = isinstance(dataset, IterableDataset)
     loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not iterable, drop_last=True,
                         num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
@@ -79,7 +82,8 @@ def run(cfg: DictConfig) -> None:
         {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()},
         {
             "kind": "ldm",
-            "prediction": "eps",
+            "prediction": cfg.objective.prediction,
+            "lr": lr,
             "cond": type(cond).__name__,
             "cond_key": cond.key,
             "latent_shape": latent_shape,
@@ -92,8 +96,22 @@ def run(cfg: DictConfig) -> None:
     console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
 
 
-def _fields(dataset) -> set[str]:
-    """The field names one sample of the dataset carries."""
+def _check_fields(cond, dataset) -> None:
+    """The conditioner must find its inputs in a dataset sample: else one line naming the missing field."""
     sample = next(iter(dataset)) if isinstance(dataset, IterableDataset) else dataset[0]
-    return set(sample)
+    try:
+        cond.values(sample)
+    except KeyError as exc:
+        raise UserError(f"cond needs the dataset field {exc.args[0]!r}; the dataset has {sorted(sample)}") from None
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """``optim.lr``, or with ``optim.scale_lr`` lr × batch × devices × nodes × accumulation (CompVis)."""
+    if not cfg.optim.scale_lr:
+        return float(cfg.optim.lr)
+    devices = cfg.trainer.get("devices", 1)
+    n_dev = len(devices) if isinstance(devices, ListConfig | list) else (int(devices) if str(devices).isdigit() else 1)
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    factor = cfg.loader.batch_size * n_dev * cfg.trainer.get("num_nodes", 1) * accumulate
+    return float(cfg.optim.lr) * factor
 

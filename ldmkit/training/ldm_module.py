@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from ldmkit.diffusion.objectives import min_snr_weight, target
 from ldmkit.models.conditioners import NoConditioner
 from ldmkit.models.ldm import LatentDiffusion
 
@@ -28,10 +29,17 @@ def ema_multi_avg_fn(decay: float):
 class LDMModule(pl.LightningModule):
     """Trains ``ldm.unet`` + ``ldm.cond`` on batches of images (encoded on the fly) or latent posteriors."""
 
-    def __init__(self, ldm: LatentDiffusion, lr: float = 5e-4, weight_decay: float = 0.0, ema_decay: float = 0.999):
+    def __init__(
+        self,
+        ldm: LatentDiffusion,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.999,
+        min_snr_gamma: float | None = None,
+    ) -> None:
         super().__init__()
         self.ldm = ldm
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.min_snr_gamma = lr, weight_decay, min_snr_gamma
         self.ema = AveragedModel(ldm.trainable(), multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
 
@@ -45,15 +53,19 @@ class LDMModule(pl.LightningModule):
             return fs.encode(batch["image"], sample=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        """Simple eps-prediction loss ||eps - eps_theta(z_t, t, tau(y))||^2 (paper Eq. 2)."""
+        """The simple loss ||target - net(z_t, t, tau(y))||^2 (paper Eq. 2 for ε), optionally min-SNR weighted."""
         z = self.latents(batch)
-        t = torch.randint(0, self.ldm.schedule.num_timesteps, (z.shape[0],), device=z.device)
+        schedule, prediction = self.ldm.schedule, self.ldm.prediction
+        t = torch.randint(0, schedule.num_timesteps, (z.shape[0],), device=z.device)
         noise = torch.randn_like(z)
-        z_t = self.ldm.schedule.q_sample(z, t, noise)
+        z_t = schedule.q_sample(z, t, noise)
         cond = self.ldm.cond
-        values = None if isinstance(cond, NoConditioner) else cond.drop(batch[cond.key])
-        context, mask = self.ldm.condition(values)
-        loss = F.mse_loss(self.ldm.eps(z_t, t, context, mask), noise)
+        values = None if isinstance(cond, NoConditioner) else cond.drop(cond.values(batch))
+        output = self.ldm.net(z_t, t, self.ldm.condition(values))
+        per_sample = F.mse_loss(output, target(prediction, schedule, z, noise, t), reduction="none").flatten(1).mean(1)
+        if self.min_snr_gamma:
+            per_sample = per_sample * min_snr_weight(prediction, schedule, t, self.min_snr_gamma)
+        loss = per_sample.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 

@@ -2,22 +2,32 @@
 
 import torch
 
-from ldmkit.models.conditioners import ClassConditioner, NoConditioner, TextConditioner
+from ldmkit.models.conditioners import (
+    ClassConditioner,
+    Cond,
+    MultiConditioner,
+    NoConditioner,
+    TextConditioner,
+    cat_batch,
+    merge,
+)
 
 
 def test_text_conditioner_tokens_and_mask():
     cond = TextConditioner(context_length=16, width=32, layers=1, heads=2)
-    ctx, mask = cond(["a small red circle left of a blue square", ""])
+    out = cond(["a small red circle left of a blue square", ""])
+    ctx, mask = out.context, out.mask
     assert ctx.shape == (2, 16, 32) and mask.shape == (2, 16)
     # SOT + 9 words + EOT for the caption, SOT + EOT for the empty (null) caption
     assert mask.sum(1).tolist() == [11, 2]
-    ctx2, _ = cond(["a small blue circle left of a blue square", ""])
+    ctx2 = cond(["a small blue circle left of a blue square", ""]).context
     assert not torch.allclose(ctx[0], ctx2[0]) and torch.allclose(ctx[1], ctx2[1])
 
 
 def test_class_conditioner_null_and_range():
     cond = ClassConditioner(num_classes=18, embed_dim=8)
-    ctx, mask = cond(torch.tensor([0, 17, 18]))
+    out = cond(torch.tensor([0, 17, 18]))
+    ctx, mask = out.context, out.mask
     assert ctx.shape == (3, 1, 8) and mask is None
     assert cond.null(2).tolist() == [18, 18]
     try:
@@ -34,4 +44,28 @@ def test_dropout_rate():
     assert abs((dropped == 5).float().mean().item() - 0.25) < 0.02
     text = TextConditioner(context_length=8, width=32, layers=1, heads=2, drop_prob=1.0)
     assert text.drop(["a", "b"]) == ["", ""]
-    assert NoConditioner()(None) == (None, None)
+    assert NoConditioner()(None) == Cond()
+
+
+def test_multi_conditioner_merges_tokens_and_keeps_each_dropout_rate():
+    text = TextConditioner(context_length=8, width=16, layers=1, heads=2, drop_prob=1.0)
+    label = ClassConditioner(num_classes=5, embed_dim=16, drop_prob=0.0)
+    multi = MultiConditioner({"text": text, "label": label})
+    batch = {"caption": ["a red circle", "a blue square"], "class_label": torch.tensor([1, 2])}
+    values = multi.drop(multi.values(batch))
+    assert values["text"] == ["", ""] and values["label"].tolist() == [1, 2]
+    out = multi(values)
+    assert out.context.shape == (2, 9, 16) and out.mask.shape == (2, 9)
+    assert out.mask[:, -1].all() and out.mask[0].sum() == 3  # SOT + EOT of "" plus the class token
+    torch.testing.assert_close(out.context[:, -1], label.embedding.weight[[1, 2]])
+    assert multi.key == "caption,class_label" and multi.null(2)["label"].tolist() == [5, 5]
+
+
+def test_cat_batch_and_merge_fill_missing_masks():
+    a = Cond(torch.zeros(2, 3, 4), torch.tensor([[True, False, True]] * 2))
+    b = Cond(torch.ones(2, 1, 4), None, torch.ones(2, 5, 4, 4))
+    both = cat_batch([a, Cond(torch.ones(2, 3, 4))])
+    assert both.context.shape == (4, 3, 4) and both.mask[2:].all() and both.concat is None
+    merged = merge([a, b])
+    assert merged.context.shape == (2, 4, 4) and merged.mask.tolist()[0] == [True, False, True, True]
+    assert merged.concat.shape == (2, 5, 4, 4)

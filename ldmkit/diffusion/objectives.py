@@ -1,0 +1,75 @@
+"""Training objectives: what the network predicts (ε, v or x0) and the optional min-SNR loss weighting.
+
+ε-prediction: Ho et al. 2020 (the paper's Eq. 2). v-prediction: Salimans & Ho 2022, v = √ā ε − √(1−ā) x0.
+x0-prediction: the clean latent itself. Min-SNR-γ weighting: Hang et al. 2023.
+Samplers only ever see ε: ``to_eps`` converts any prediction, so one wrapper serves every objective.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ldmkit.diffusion.schedule import NoiseSchedule
+
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def _coefficients(schedule: NoiseSchedule, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
+    """(√ā_t, √(1−ā_t)) shaped to broadcast over a (B, ...) tensor."""
+    shape = (-1, *([1] * (ndim - 1)))
+    return (schedule.sqrt_alphas_cumprod.to(t.device)[t].reshape(shape),
+            schedule.sqrt_one_minus_alphas_cumprod.to(t.device)[t].reshape(shape))
+
+
+def check_prediction(prediction: str) -> str:
+    """The prediction name, or ValueError listing the valid ones."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    return prediction
+
+
+def target(prediction: str, schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """The regression target for ``prediction`` given clean latents x0 and the noise mixed in at t."""
+    if check_prediction(prediction) == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    a, s = _coefficients(schedule, t, x0.ndim)
+    return a * noise - s * x0
+
+
+def to_eps(prediction: str, schedule: NoiseSchedule, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The ε implied by a network ``output`` of kind ``prediction`` at (x_t, t)."""
+    if check_prediction(prediction) == "eps":
+        return output
+    a, s = _coefficients(schedule, t, x_t.ndim)
+    if prediction == "x0":
+        return (x_t - a * output) / s
+    return a * output + s * x_t
+
+
+def to_x0(prediction: str, schedule: NoiseSchedule, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The x0 implied by a network ``output`` of kind ``prediction`` at (x_t, t)."""
+    if check_prediction(prediction) == "x0":
+        return output
+    a, s = _coefficients(schedule, t, x_t.ndim)
+    if prediction == "eps":
+        return (x_t - s * output) / a
+    return a * x_t - s * output
+
+
+def snr(schedule: NoiseSchedule, t: Tensor) -> Tensor:
+    """Signal-to-noise ratio ā_t / (1 − ā_t) per timestep."""
+    a = schedule.alphas_cumprod.to(t.device)[t]
+    return a / (1 - a)
+
+
+def min_snr_weight(prediction: str, schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
+    """Per-sample loss weight min(SNR, γ) expressed for the objective: /SNR (ε), /(SNR+1) (v), ·1 (x0)."""
+    s = snr(schedule, t)
+    clipped = s.clamp(max=gamma)
+    if check_prediction(prediction) == "eps":
+        return clipped / s
+    if prediction == "v":
+        return clipped / (s + 1)
+    return clipped
