@@ -60,8 +60,25 @@ def import_first_stage(
     settings: Any = None,
 ) -> dict:
     """Convert and write the model dir ``out``; returns its meta. ``settings`` is saved alongside ``first_stage``."""
-    spec = compvis.first_stage_spec(compvis.load_yaml(config), str(config))
-    state_dict, info = compvis.read_checkpoint(ckpt)
+    return write_first_stage(compvis.load_yaml(config), *compvis.read_checkpoint(ckpt), config, ckpt, out,
+                             scale_factor=scale_factor, dataset=dataset, batch_size=batch_size, settings=settings)
+
+
+def write_first_stage(
+    yaml_cfg: dict,
+    state_dict: dict[str, Tensor],
+    info: dict,
+    config: str | Path,
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    scale_factor: float | None = None,
+    dataset: Any = None,
+    batch_size: int = 16,
+    settings: Any = None,
+) -> dict:
+    """The first stage of an already-read CompVis checkpoint -> a first-stage model dir; returns its meta."""
+    spec = compvis.first_stage_spec(yaml_cfg, str(config))
     ae = compvis.build_first_stage(spec, state_dict, str(ckpt))
     dataset = default_dataset() if dataset is None else dataset
     scale, scale_source = choose_scale(scale_factor, spec, state_dict, lambda: measure_scale(ae, dataset, batch_size))
@@ -88,9 +105,60 @@ def import_first_stage(
     })
 
 
+def import_ldm(config: str | Path, ckpt: str | Path, out: str | Path, *, scale_factor: float | None = None,
+               settings: Any = None) -> dict:
+    """A whole CompVis LatentDiffusion -> an ldmkit LDM model dir (first stage in ``out/first_stage``)."""
+    from hydra.utils import instantiate
+
+    from ldmkit.compat import compvis_ldm
+    from ldmkit.models.ldm import LatentDiffusion
+
+    yaml_cfg = compvis.load_yaml(config)
+    state_dict, info = compvis.read_checkpoint(ckpt)
+    spec = compvis_ldm.ldm_spec(yaml_cfg, state_dict, str(config))
+    out = Path(out)
+    fs_meta = write_first_stage(yaml_cfg, state_dict, info, config, ckpt, out / "first_stage",
+                                scale_factor=scale_factor, settings=settings)
+    unet, cond, schedule = instantiate(spec.unet), instantiate(spec.cond), instantiate(spec.diffusion)
+    compvis.load_strict(unet, compvis.subdict(state_dict, compvis_ldm.UNET_PREFIX), str(ckpt),
+                        compvis_ldm.UNET_PREFIX)
+    compvis.load_strict(cond, compvis.subdict(state_dict, compvis_ldm.COND_PREFIX), str(ckpt),
+                        compvis_ldm.COND_PREFIX)
+    compvis_ldm.check_schedule(state_dict, schedule, str(ckpt))
+    ldm = LatentDiffusion(unet, cond, schedule, modeldir.load(out / "first_stage"), spec.latent_shape,
+                          prediction=spec.prediction)
+    weights = {"model": ldm.trainable().state_dict()}
+    ema = compvis_ldm.ema_state(state_dict, [n for n, _ in unet.named_parameters()])
+    if ema is not None:
+        weights["ema"] = {**weights["model"], **{f"unet.{k}": v for k, v in ema.items()}}
+    base = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else settings
+    cfg = OmegaConf.create({**(base or {}), "unet": spec.unet, "cond": spec.cond, "diffusion": spec.diffusion})
+    return modeldir.save(out, cfg, weights, {
+        "kind": "ldm",
+        "prediction": spec.prediction,
+        "cond": type(cond).__name__,
+        "cond_key": cond.key,
+        "latent_shape": spec.latent_shape,
+        "f": fs_meta["f"],
+        "scale_factor": fs_meta["scale_factor"],
+        "first_stage": {"path": str((out / "first_stage").resolve()), "hash": fs_meta["hash"]},
+        "steps": info.get("global_step", 0),
+        "ema": ema is not None,
+        "source": fs_meta["source"],
+    })
+
+
 def run(cfg: DictConfig) -> None:
-    """Import ``ckpt=`` described by ``config=`` into the run dir (``out=``)."""
+    """Import ``ckpt=`` described by ``config=`` into the run dir (``out=``): a whole LDM or a first stage."""
+    from ldmkit.compat.compvis_ldm import LDM_TARGET
+
     out = run_dir()
+    target = (compvis.load_yaml(cfg.config).get("model") or {}).get("target")
+    if target == LDM_TARGET and cfg.part == "all":
+        meta = import_ldm(cfg.config, cfg.ckpt, out, scale_factor=cfg.scale_factor, settings=cfg)
+        console.print(f"LDM ({meta['cond']}, {meta['prediction']}-prediction, EMA {'yes' if meta['ema'] else 'no'}) "
+                      f"imported -> {out}  (first stage f={meta['f']}, scale {meta['scale_factor']:.5f})")
+        return
     meta = import_first_stage(cfg.config, cfg.ckpt, out, scale_factor=cfg.scale_factor, dataset=cfg.dataset,
                               batch_size=cfg.scale_batch, settings=cfg)
     console.print(f"first stage {meta['type']} f={meta['f']} imported -> {out}  "

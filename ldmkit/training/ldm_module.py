@@ -75,5 +75,5 @@ class LDMModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over UNet + conditioner (fused kernel: ~6x faster than the per-tensor loop on CPU)."""
-        params = self.ldm.trainable().parameters()
+        params = [p for p in self.ldm.trainable().parameters() if p.requires_grad]  # frozen towers (clip) stay out
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
