@@ -1,5 +1,6 @@
 """Lightning modules: the LDM loss inputs, EMA with the CompVis warm-up, the first-stage loss."""
 
+import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -81,3 +82,27 @@ def test_autoencoder_loss_values():
     kl = 0.5 * (1 + torch.e - 1 - 1) * 4  # per sample over C*H*W = 1*2*2
     assert abs(loss2.item() - (0.25 + kl / 48)) < 1e-6  # KL divided by the pixels of one image (3*4*4)
     assert abs(psnr(torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.2)).item() - 20.0) < 1e-4
+
+
+@pytest.mark.parametrize("prediction,gamma", [("v", None), ("x0", 5.0), ("eps", 5.0)])
+def test_training_loss_uses_the_objective_target_and_min_snr_weight(prediction, gamma):
+    from ldmkit.diffusion.objectives import min_snr_weight, target
+
+    torch.manual_seed(0)
+    ldm = tiny_ldm()
+    ldm.prediction = prediction
+    module = LDMModule(ldm, min_snr_gamma=gamma)
+    module.log = lambda *a, **k: None
+    ldm.cond.drop_prob = 0.0
+    batch = {"latent_mean": torch.randn(4, 3, 8, 8), "latent_std": torch.zeros(4, 3, 8, 8),
+             "class_label": torch.arange(4)}
+    torch.manual_seed(1)
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(1)
+    z = 0.5 * (batch["latent_mean"] + 0 * torch.randn(4, 3, 8, 8))
+    t = torch.randint(0, 100, (4,))
+    noise = torch.randn_like(z)
+    out = ldm.net(ldm.schedule.q_sample(z, t, noise), t, ldm.condition(batch["class_label"]))
+    per = (out - target(prediction, ldm.schedule, z, noise, t)).pow(2).flatten(1).mean(1)
+    weight = min_snr_weight(prediction, ldm.schedule, t, gamma) if gamma else torch.ones(4)
+    torch.testing.assert_close(loss, (per * weight).mean())
