@@ -88,8 +88,8 @@ def test_ldm_dirs_and_api(runs):
         assert (runs / name / "ema.safetensors").is_file() and (runs / name / "first_stage" / "meta.json").is_file()
     ldm = ldmkit.load(runs / "ldm")
     assert isinstance(ldm, LatentDiffusion) and isinstance(ldm.first_stage, FirstStage)
-    context, mask = ldm.cond(["a red circle"])
-    out = ldm.unet(torch.randn(1, 3, 8, 8), torch.tensor([500]), context=context)
+    cond = ldm.cond(["a red circle"])
+    out = ldm.unet(torch.randn(1, 3, 8, 8), torch.tensor([500]), context=cond.context, context_mask=cond.mask)
     assert out.shape == (1, 3, 8, 8) and out.abs().sum() > 0
     images = ldm.sample(["a red circle", "a blue square"], guidance=2.0, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
