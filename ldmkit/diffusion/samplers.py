@@ -1,6 +1,9 @@
 """Samplers with one k-diffusion-style signature: ``sample_x(model, x, schedule, extra_args, callback, ...)``.
 
-``model(x, t, **extra_args)`` returns the predicted noise eps for a batch of discrete timesteps ``t``.
+``model(x, t, **extra_args)`` returns the predicted noise ε for a batch of discrete timesteps ``t``
+(``LatentDiffusion.eps`` converts v / x0 predictions, so every sampler serves every objective); ``x`` is
+the starting noise N(0, I); the result is the final latent. This module holds the discrete-time samplers
+(DDPM, DDIM, PLMS); ``k_samplers`` the σ-space ones (Euler, Euler ancestral, Heun, DPM-Solver++ 2M).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.errors import UserError
 
 Denoiser = Callable[..., Tensor]
 Callback = Callable[[dict], None]
@@ -25,14 +29,30 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") -> Tensor:
     """The DDIM sub-sequence, ascending, exactly as CompVis ``make_ddim_timesteps`` (note the +1 shift)."""
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
+        raise UserError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
     if discretize == "uniform":
         ts = torch.arange(0, num_timesteps, num_timesteps // steps)
     elif discretize == "quad":
         ts = (torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps) ** 2).long()
     else:
-        raise ValueError(f"unknown ddim discretize {discretize!r}; choose uniform or quad")
+        raise UserError(f"unknown sampler.discretize={discretize!r}; choose uniform or quad")
+    if int(ts[-1]) + 1 >= num_timesteps:
+        raise UserError(f"sampler.steps={steps}: the CompVis uniform rule range(0, {num_timesteps}, "
+                        f"{num_timesteps // steps}) + 1 reaches t={int(ts[-1]) + 1}; pick fewer steps, e.g. a divisor of {num_timesteps}")
     return ts + 1
+
+
+def _ddim_alphas(schedule: NoiseSchedule, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """ā at the sub-sequence and the "previous" ā (CompVis: ā_0 before the first step, not 1), float64."""
+    a_all = schedule.alphas_cumprod.to(ts.device, torch.float64)
+    return a_all[ts], torch.cat([a_all[:1], a_all[ts[:-1]]])
+
+
+def _ddim_step(x: Tensor, eps: Tensor, a: Tensor, a_prev: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """One deterministic DDIM update x_t -> x_prev (noise added by the caller) and the x0 estimate."""
+    x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+    direction = (1 - a_prev - sigma**2).sqrt().to(x.dtype) * eps
+    return a_prev.sqrt().to(x.dtype) * x0 + direction, x0
 
 
 @torch.no_grad()
@@ -50,19 +70,95 @@ def sample_ddim(
     """DDIM (Song et al. 2021, Eq. 12): deterministic for eta=0, DDPM-like variance for eta=1."""
     extra_args = extra_args or {}
     ts = ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device)
-    a_all = schedule.alphas_cumprod.to(x.device, torch.float64)
-    alphas = a_all[ts]
-    alphas_prev = torch.cat([a_all[:1], a_all[ts[:-1]]])
+    alphas, alphas_prev = _ddim_alphas(schedule, ts)
     for i in reversed(range(len(ts))):
         t = ts[i].expand(x.shape[0])
         a, a_prev = alphas[i], alphas_prev[i]
         eps = model(x, t, **extra_args)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
-        direction = (1 - a_prev - sigma**2).sqrt().to(x.dtype) * eps
-        x = a_prev.sqrt().to(x.dtype) * x0 + direction
+        x, x0 = _ddim_step(x, eps, a, a_prev, sigma)
         if eta > 0:
             x = x + sigma.to(x.dtype) * randn_like(x, generator)
         if callback is not None:
             callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
     return x
+
+
+@torch.no_grad()
+def sample_plms(
+    model: Denoiser,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    steps: int = 50,
+    discretize: str = "uniform",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """PLMS (Liu et al. 2022, Alg. 2 as in CompVis): Adams–Bashforth on ε, 2-evaluation warm-up; S+1 calls."""
+    extra_args = extra_args or {}
+    ts = ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device)
+    alphas, alphas_prev = _ddim_alphas(schedule, ts)
+    zero = alphas.new_zeros(())
+    old: list[Tensor] = []
+    for i in reversed(range(len(ts))):
+        t = ts[i].expand(x.shape[0])
+        eps = model(x, t, **extra_args)
+        if not old:  # pseudo improved Euler: evaluate again at the DDIM prediction for the next timestep
+            x_next, _ = _ddim_step(x, eps, alphas[i], alphas_prev[i], zero)
+            eps_next = model(x_next, ts[max(i - 1, 0)].expand(x.shape[0]), **extra_args)
+            eps_prime = (eps + eps_next) / 2
+        elif len(old) == 1:
+            eps_prime = (3 * eps - old[-1]) / 2
+        elif len(old) == 2:
+            eps_prime = (23 * eps - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            eps_prime = (55 * eps - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x, x0 = _ddim_step(x, eps_prime, alphas[i], alphas_prev[i], zero)
+        old = [*old, eps][-3:]
+        if callback is not None:
+            callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: Denoiser,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    steps: int = 1000,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with posterior variance β̃, respaced to ``steps``."""
+    extra_args = extra_args or {}
+    T = schedule.num_timesteps
+    if not 1 <= steps <= T:
+        raise UserError(f"sampler.steps must be in 1..{T}, got {steps}")
+    ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique().to(x.device)
+    a_all = schedule.alphas_cumprod.to(x.device, torch.float64)
+    for i in reversed(range(len(ts))):
+        a = a_all[ts[i]]
+        a_prev = a_all[ts[i - 1]] if i > 0 else a.new_ones(())
+        beta = 1 - a / a_prev  # the respaced beta between the two kept timesteps
+        eps = model(x, ts[i].expand(x.shape[0]), **extra_args)
+        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        mean = ((a_prev.sqrt() * beta / (1 - a)).to(x.dtype) * x0
+                + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a)).to(x.dtype) * x)
+        x = mean + ((beta * (1 - a_prev) / (1 - a)).sqrt().to(x.dtype) * randn_like(x, generator) if i > 0 else 0)
+        if callback is not None:
+            callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
+    return x
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """A sampler function by name: ddpm, ddim, plms, euler, euler_a, heun, dpmpp_2m."""
+    from ldmkit.diffusion import k_samplers
+
+    table = {"ddpm": sample_ddpm, "ddim": sample_ddim, "plms": sample_plms, "euler": k_samplers.sample_euler,
+             "euler_a": k_samplers.sample_euler_ancestral, "heun": k_samplers.sample_heun,
+             "dpmpp_2m": k_samplers.sample_dpmpp_2m}
+    if name not in table:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(table)}")
+    return table[name]

@@ -6,6 +6,7 @@ import torch
 from ldmkit.diffusion.guidance import cfg_denoiser
 from ldmkit.diffusion.samplers import ddim_timesteps, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.errors import UserError
 from ldmkit.models.conditioners import Cond
 
 SCHED = NoiseSchedule("linear", 1000, 0.0015, 0.0195)
@@ -29,7 +30,7 @@ def test_compvis_timesteps_seen_by_model():
     sample_ddim(model, torch.randn(2, 3, 4, 4), SCHED, steps=10)
     assert seen == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
     assert ddim_timesteps(1000, 4).tolist() == [1, 251, 501, 751]
-    with pytest.raises(ValueError, match="1..1000"):
+    with pytest.raises(UserError, match="1..1000"):
         ddim_timesteps(1000, 0)
 
 

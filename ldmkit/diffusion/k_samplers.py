@@ -1,0 +1,155 @@
+"""σ-space samplers (Karras et al. 2022) on a discrete VP model, with the shared sampler signature.
+
+The VP latent x_t = √ā x0 + √(1−ā) ε is x_t·√(1+σ²) in σ-space with σ = √((1−ā)/ā); the denoiser
+D(x, σ) = x − σ·ε(x/√(1+σ²), t(σ)) uses the nearest trained timestep (k-diffusion's ``CompVisDenoiser``).
+Starting noise x ~ N(0, I) is the VP x_T, i.e. x·√(1+σ_max²) in σ-space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ldmkit.diffusion.samplers import Callback, Denoiser, randn_like
+from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.errors import UserError
+
+
+def model_sigmas(schedule: NoiseSchedule) -> Tensor:
+    """σ of every trained timestep, ascending (float64)."""
+    a = schedule.alphas_cumprod.double()
+    return ((1 - a) / a).sqrt()
+
+
+def sigma_to_t(sigma: Tensor, sigmas: Tensor) -> Tensor:
+    """The trained timestep whose σ is nearest in log space (quantised, as CompVisDenoiser)."""
+    return (sigma.log().reshape(-1, 1) - sigmas.log().to(sigma.device)).abs().argmin(1)
+
+
+def get_sigmas(schedule: NoiseSchedule, steps: int, karras: bool = False, rho: float = 7.0) -> Tensor:
+    """``steps`` σs from σ_max down (uniform in timestep, or Karras et al. Eq. 5 with ρ), then a final 0."""
+    if steps < 1:
+        raise UserError(f"sampler.steps must be >= 1, got {steps}")
+    sig = model_sigmas(schedule)
+    if karras:
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        lo, hi = sig[0] ** (1 / rho), sig[-1] ** (1 / rho)
+        out = (hi + ramp * (lo - hi)) ** rho
+    else:
+        t = torch.linspace(len(sig) - 1, 0, steps, dtype=torch.float64)
+        low, frac = t.floor().long(), t - t.floor()
+        high = (low + 1).clamp(max=len(sig) - 1)
+        out = ((1 - frac) * sig[low].log() + frac * sig[high].log()).exp()
+    return torch.cat([out, out.new_zeros(1)])
+
+
+class Denoised:
+    """D(x, σ): the x0 estimate of an ε-model at σ, in σ-space."""
+
+    def __init__(self, model: Denoiser, schedule: NoiseSchedule, extra_args: dict | None) -> None:
+        self.model, self.extra_args = model, extra_args or {}
+        self.sigmas = model_sigmas(schedule)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """x − σ·ε(x / √(1+σ²), t(σ))."""
+        t = sigma_to_t(sigma, self.sigmas).expand(x.shape[0])
+        c_in = (1 / (sigma**2 + 1).sqrt()).to(x.dtype)
+        return x - sigma.to(x.dtype) * self.model(x * c_in, t, **self.extra_args)
+
+
+def _prepare(x: Tensor, schedule: NoiseSchedule, steps: int, karras: bool) -> tuple[Tensor, Tensor]:
+    """σ list on x's device and the starting point in σ-space."""
+    sigmas = get_sigmas(schedule, steps, karras).to(x.device)
+    return sigmas, x * (1 + sigmas[0] ** 2).sqrt().to(x.dtype)
+
+
+def _report(callback: Callback | None, x: Tensor, i: int, sigma: Tensor, denoised: Tensor, total: int) -> None:
+    """Call the progress callback with the step's state."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": float(sigma), "denoised": denoised, "total": total})
+
+
+@torch.no_grad()
+def sample_euler(
+    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    callback: Callback | None = None, steps: int = 50, karras: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
+    denoise = Denoised(model, schedule, extra_args)
+    sigmas, x = _prepare(x, schedule, steps, karras)
+    for i in range(steps):
+        d0 = denoise(x, sigmas[i])
+        x = x + (x - d0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        _report(callback, x, i, sigmas[i], d0, steps)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    callback: Callback | None = None, steps: int = 50, karras: bool = False, eta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Euler ancestral (k-diffusion ``sample_euler_ancestral``): Euler to σ_down, then fresh noise σ_up."""
+    denoise = Denoised(model, schedule, extra_args)
+    sigmas, x = _prepare(x, schedule, steps, karras)
+    for i in range(steps):
+        d0 = denoise(x, sigmas[i])
+        s, s_next = sigmas[i], sigmas[i + 1]
+        up = (eta * (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()).clamp(max=s_next)
+        down = (s_next**2 - up**2).sqrt()
+        x = x + (x - d0) / s * (down - s)
+        if s_next > 0:
+            x = x + randn_like(x, generator) * up.to(x.dtype)
+        _report(callback, x, i, s, d0, steps)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    callback: Callback | None = None, steps: int = 50, karras: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1, deterministic); 2·steps − 1 model calls."""
+    denoise = Denoised(model, schedule, extra_args)
+    sigmas, x = _prepare(x, schedule, steps, karras)
+    for i in range(steps):
+        d0 = denoise(x, sigmas[i])
+        d = (x - d0) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_next = x + d * dt
+            d_next = (x_next - denoise(x_next, sigmas[i + 1])) / sigmas[i + 1]
+            x = x + (d + d_next) / 2 * dt
+        _report(callback, x, i, sigmas[i], d0, steps)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    callback: Callback | None = None, steps: int = 20, karras: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in σ-space, as k-diffusion ``sample_dpmpp_2m``."""
+    denoise = Denoised(model, schedule, extra_args)
+    sigmas, x = _prepare(x, schedule, steps, karras)
+    old = None
+    for i in range(steps):
+        d0 = denoise(x, sigmas[i])
+        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()  # t_next = inf at σ = 0
+        h = t_next - t
+        ratio = (sigmas[i + 1] / sigmas[i]).to(x.dtype)
+        if old is None or sigmas[i + 1] == 0:
+            x = ratio * x - torch.expm1(-h).to(x.dtype) * d0
+        else:
+            r = (t - (-sigmas[i - 1].log())) / h
+            d = (1 + 1 / (2 * r)).to(x.dtype) * d0 - (1 / (2 * r)).to(x.dtype) * old
+            x = ratio * x - torch.expm1(-h).to(x.dtype) * d
+        old = d0
+        _report(callback, x, i, sigmas[i], d0, steps)
+    return x
