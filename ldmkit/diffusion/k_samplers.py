@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.samplers import Callback, Denoiser, randn_like
+from ldmkit.diffusion.samplers import Callback, Denoiser, Generators, randn_like
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
 
@@ -73,7 +73,7 @@ def _report(callback: Callback | None, x: Tensor, i: int, sigma: Tensor, denoise
 def sample_euler(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
     denoise = Denoised(model, schedule, extra_args)
@@ -89,7 +89,7 @@ def sample_euler(
 def sample_euler_ancestral(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False, eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler ancestral (k-diffusion ``sample_euler_ancestral``): Euler to σ_down, then fresh noise σ_up."""
     denoise = Denoised(model, schedule, extra_args)
@@ -110,7 +110,7 @@ def sample_euler_ancestral(
 def sample_heun(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1, deterministic); 2·steps − 1 model calls."""
     denoise = Denoised(model, schedule, extra_args)
@@ -133,7 +133,7 @@ def sample_heun(
 def sample_dpmpp_2m(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 20, karras: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in σ-space, as k-diffusion ``sample_dpmpp_2m``."""
     denoise = Denoised(model, schedule, extra_args)

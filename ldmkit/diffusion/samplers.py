@@ -20,8 +20,18 @@ Denoiser = Callable[..., Tensor]
 Callback = Callable[[dict], None]
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the generator's device (reproducible on any device)."""
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device (reproducible on any device).
+
+    A list of generators draws sample i of the batch from generator i, so a sample's noise does not depend on
+    the batch it is in."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack([randn_like(x[i], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -65,7 +75,7 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     discretize: str = "uniform",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12): deterministic for eta=0, DDPM-like variance for eta=1."""
     extra_args = extra_args or {}
@@ -93,7 +103,7 @@ def sample_plms(
     callback: Callback | None = None,
     steps: int = 50,
     discretize: str = "uniform",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """PLMS (Liu et al. 2022, Alg. 2 as in CompVis): Adams–Bashforth on ε, 2-evaluation warm-up; S+1 calls."""
     extra_args = extra_args or {}
@@ -129,7 +139,7 @@ def sample_ddpm(
     extra_args: dict | None = None,
     callback: Callback | None = None,
     steps: int = 1000,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with posterior variance β̃, respaced to ``steps``."""
     extra_args = extra_args or {}

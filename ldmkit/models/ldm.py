@@ -79,7 +79,7 @@ class LatentDiffusion(nn.Module):
         n: int | None = None,
         sampler: Callable[..., Tensor] | None = None,
         guidance: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[dict], None] | None = None,
         return_latents: bool = False,
     ) -> Tensor:

@@ -82,15 +82,15 @@ def generate(
     seed: int,
     batch_size: int,
 ) -> Tensor:
-    """``n`` images in [-1, 1] (on CPU), sampled in batches with a rich progress bar; seeded."""
-    generator = torch.Generator().manual_seed(seed)
+    """``n`` images in [-1, 1] (on CPU), sampled in batches with a rich progress bar; sample i uses seed + i."""
     images = []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("sampling", total=n)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             chunk = None if values is None else values[start:stop]
-            x = ldm.sample(chunk, n=stop - start, sampler=sampler, guidance=guidance, generator=generator,
+            generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]  # seed + i per sample
+            x = ldm.sample(chunk, n=stop - start, sampler=sampler, guidance=guidance, generator=generators,
                            callback=lambda info, k=stop - start: bar.advance(task, k / info["total"]))
             images.append(x.cpu())
     return torch.cat(images)

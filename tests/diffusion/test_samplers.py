@@ -127,3 +127,19 @@ def test_bad_sampler_settings_are_user_errors():
         get_sampler("ddim")(gaussian_eps, torch.zeros(1, 1, 1, 1), SCHED, steps=3)
     with pytest.raises(UserError, match="sampler.steps must be"):
         get_sampler("ddpm")(gaussian_eps, torch.zeros(1, 1, 1, 1), SCHED, steps=0)
+
+
+def test_per_sample_generators_make_noise_independent_of_the_batch():
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    x = torch.zeros(3, 1, 2, 2)
+    batch = get_sampler("euler_a")(gaussian_eps, torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(9)),
+                                   SCHED, steps=5, generator=gens([10, 11, 12]))
+    start = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(9))
+    single = get_sampler("euler_a")(gaussian_eps, start[1:2], SCHED, steps=5, generator=gens([11]))
+    torch.testing.assert_close(batch[1:2], single)
+    from ldmkit.diffusion.samplers import randn_like
+    torch.testing.assert_close(randn_like(x, gens([1, 2, 3]))[2], randn_like(x[:1], gens([3]))[0])
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        randn_like(x, gens([1, 2]))

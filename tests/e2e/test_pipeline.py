@@ -136,7 +136,8 @@ def test_sampling_is_seeded(runs, tmp_path):
     run_cli("sample", *args, "seed=3", f"out={tmp_path}/a")
     run_cli("sample", *args, "seed=3", f"out={tmp_path}/b")
     run_cli("sample", *args, "seed=4", f"out={tmp_path}/c")
+    run_cli("sample", *args, "seed=3", "batch_size=1", f"out={tmp_path}/e")  # sample i uses seed + i
     read = lambda d: (tmp_path / d / "grid.png").read_bytes()  # noqa: E731
-    assert read("a") == read("b") and read("a") != read("c")
+    assert read("a") == read("b") and read("a") != read("c") and read("a") == read("e")
     bad = run_cli("sample", f"ckpt={runs}/ldm_cls", "prompt=a red circle", f"out={tmp_path}/d", check=False)
     assert bad.returncode == 2 and "class-conditional" in bad.stderr
