@@ -28,9 +28,13 @@ def _task_main(task: str, state: dict):
             module = importlib.import_module(f"ldmkit.tasks.{task}")
             module.run(cfg)
         except Exception as exc:  # noqa: BLE001 - only UserError is reported tersely
+            from hydra.errors import InstantiationException
             from omegaconf.errors import MissingMandatoryValue
 
             from ldmkit.errors import UserError
+
+            while isinstance(exc, InstantiationException) and isinstance(exc.__cause__, Exception):
+                exc = exc.__cause__  # a UserError raised inside a constructor built from _target_
 
             if isinstance(exc, UserError | MissingMandatoryValue):
                 print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -27,11 +27,12 @@ def source_dataset_cfg(model_dir: Path) -> DictConfig:
     return cfg
 
 
-def reference_values(dataset_cfg: DictConfig, key: str, n: int) -> list | Tensor:
-    """The first ``n`` values of field ``key`` in the dataset's validation split."""
+def reference_values(dataset_cfg: DictConfig, cond, n: int) -> Any:
+    """The conditioner's inputs for the first ``n`` samples of the dataset's validation split."""
+    from torch.utils.data import default_collate
+
     dataset = instantiate(dataset_cfg, split="val", size=n)
-    values = [dataset[i][key] for i in range(n)]
-    return torch.stack(values) if isinstance(values[0], Tensor) else values
+    return cond.values(default_collate([dataset[i] for i in range(n)]))
 
 
 def parse_label(label: Any, cond: ClassConditioner) -> int:
@@ -70,7 +71,7 @@ def conditions(ldm: LatentDiffusion, model_dir: Path, n: int, prompt: Any, label
         return [str(p) for p in as_list(prompt) for _ in range(n)]
     if label is not None:
         return torch.tensor([parse_label(lb, cond) for lb in as_list(label) for _ in range(n)], dtype=torch.long)
-    return reference_values(source_dataset_cfg(model_dir), cond.key, n)
+    return reference_values(source_dataset_cfg(model_dir), cond, n)
 
 
 def generate(

@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> None:
         save_png(image, out / f"{i:06d}.png")
     several = len(as_list(cfg.prompt if cfg.prompt is not None else cfg.label) or []) > 1
     save_grid(images, out / "grid.png", nrow=cfg.n if several else max(1, math.ceil(math.sqrt(total))))
-    listed = [None] * total if values is None else [v.item() if isinstance(v, Tensor) else v for v in values]
+    listed = [None] * total if values is None else [v.tolist() if isinstance(v, Tensor) else v for v in values]
     modeldir.write_json(out / "samples.json", {
         "ckpt": str(ckpt.resolve()),
         "seed": cfg.seed,

@@ -1,0 +1,201 @@
+"""A frozen OpenCLIP text tower as the conditioner (like Stable Diffusion 2.x's ``FrozenOpenCLIPEmbedder``).
+
+Only the text tower is built (no vision tower, no projection) and its weights come from a local file:
+nothing is ever downloaded. The tower stays frozen (no gradients) and in eval mode, so it takes no part in
+training; cross-attention reads its per-token states, from the last layer or the penultimate one (SD 2.x),
+always followed by ``ln_final``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ldmkit.errors import UserError
+from ldmkit.models.conditioners import Cond, Conditioner
+
+LAYERS = ("last", "penultimate")
+# state-dict prefixes of a whole CLIP (or CustomTextCLIP: "text.") that belong to the text tower we build
+_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
+
+
+def model_config(model: str) -> tuple[dict, str]:
+    """An open_clip model config (with ``text_cfg``) from a built-in name or a local JSON / directory.
+
+    Returns the config and a display name. Hub schemas (``hf-hub:``) are refused: they would download.
+    """
+    import open_clip
+
+    if model.startswith(("hf-hub:", "local-dir:")):
+        raise UserError(f"cond.model={model}: hub and local-dir schemas are not supported; give an open_clip "
+                        "model name (e.g. ViT-H-14) or a path to its model-config JSON")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "open_clip_config.json"
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise UserError(f"cond.model={model}: no such model-config JSON")
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cond.model={model}: not a readable JSON file ({exc})") from None
+        cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else cfg
+        name = str(path)
+    else:
+        cfg = open_clip.get_model_config(model.replace("/", "-"))
+        name = model
+        if cfg is None:
+            raise UserError(f"cond.model={model} is not an open_clip model name (e.g. ViT-B-32, ViT-H-14, "
+                            "ViT-bigG-14) nor a path to a model-config JSON")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("text_cfg"), dict):
+        raise UserError(f"cond.model={model}: the model config has no text_cfg")
+    return cfg, name
+
+
+def load_tower_weights(path: Path) -> dict[str, Tensor]:
+    """A CLIP state dict from .safetensors (or a weights-only torch.load of .bin/.pt/.pth); no pickled code."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure: say which file, in one line
+            raise UserError(f"cond.weights={path}: cannot load it as a weights-only state dict "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"cond.weights={path}: not a state dict")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("text.") for k in state) and "token_embedding.weight" not in state:
+        state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}  # CustomTextCLIP
+    return {k: v for k, v in state.items() if k.startswith(_TEXT_KEYS)}
+
+
+class ClipConditioner(Conditioner):
+    """Captions -> OpenCLIP BPE tokens -> frozen OpenCLIP text transformer -> (B, L, width) states + mask."""
+
+    def __init__(
+        self,
+        model: str = "ViT-H-14",
+        weights: str | None = None,
+        layer: str = "penultimate",
+        context_length: int = 77,
+        width: int | None = None,
+        key: str = "caption",
+        drop_prob: float = 0.1,
+    ) -> None:
+        super().__init__()
+        from open_clip.model import CLIPTextCfg, _build_text_tower
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if layer not in LAYERS:
+            raise UserError(f"cond.layer={layer}: expected one of {', '.join(LAYERS)}")
+        cfg, name = model_config(str(model))
+        text_cfg = dict(cfg["text_cfg"])
+        if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+            raise UserError(f"cond.model={model}: Hugging Face text towers/tokenizers are not supported "
+                            "(only OpenCLIP's own transformer with the CLIP BPE tokenizer)")
+        if text_cfg.get("embed_cls"):
+            raise UserError(f"cond.model={model}: text towers with a class token (CoCa) are not supported")
+        max_length = int(text_cfg.get("context_length", 77))
+        if not 2 <= context_length <= max_length:
+            raise UserError(f"cond.context_length={context_length}: must be in 2..{max_length} for {name}")
+        weights_path = self._weights_path(weights, name)
+
+        text_cfg.update(proj_type="none", output_tokens=False)  # token states only: no pooled projection
+        try:
+            tower = _build_text_tower(0, CLIPTextCfg(**text_cfg), quick_gelu=bool(cfg.get("quick_gelu", False)))
+        except TypeError as exc:
+            raise UserError(f"cond.model={model}: unsupported text_cfg ({exc})") from None
+        if width is not None and int(width) != tower.width:
+            raise UserError(f"cond.width={width} but the {name} text tower is {tower.width} wide: "
+                            f"set cond.width={tower.width}")
+        state = load_tower_weights(weights_path)
+        wanted = tower.state_dict()
+        missing = sorted(set(wanted) - set(state))
+        wrong = sorted(k for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
+        if missing or wrong:
+            detail = (f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing
+                      else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                           f"{name} needs {tuple(wanted[wrong[0]].shape)}")
+            raise UserError(f"cond.weights={weights_path} does not fit the {name} text tower ({detail})")
+        tower.load_state_dict({k: state[k] for k in wanted})
+        self.tower = tower.requires_grad_(False).eval()
+
+        self.key, self.drop_prob, self.layer = key, drop_prob, layer
+        self.context_length, self.width = context_length, int(tower.width)
+        self.tokenizer = SimpleTokenizer(context_length=context_length, **(text_cfg.get("tokenizer_kwargs") or {}))
+        if self.tokenizer.vocab_size > tower.vocab_size:
+            raise UserError(f"cond.model={model}: vocab_size {tower.vocab_size} is smaller than the CLIP "
+                            f"tokenizer's {self.tokenizer.vocab_size}")
+        self.causal = tower.attn_mask is not None
+
+    @staticmethod
+    def _weights_path(weights: str | None, name: str) -> Path:
+        """The local weights file, or a one-line UserError saying how to pass it (never a hub download)."""
+        how = f"pass a local .safetensors/.bin/.pt of the {name} CLIP model as cond.weights=PATH"
+        if not weights:
+            raise UserError(f"cond.weights is not set: {how} (nothing is downloaded)")
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise UserError(f"CLIP weights file {path} not found: {how} (hub tags are not downloaded)")
+        return path
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the token states (what ``unet.context_dim`` must be)."""
+        return self.width
+
+    def train(self, mode: bool = True) -> ClipConditioner:
+        """The frozen tower stays in eval mode whatever the rest of the model does."""
+        super().train(mode)
+        self.tower.eval()
+        return self
+
+    def null(self, n: int) -> list[str]:
+        """The empty caption, ``n`` times (SOT + EOT tokens, as SD 2.x)."""
+        return [""] * n
+
+    def tokenize(self, captions: list[str]) -> Tensor:
+        """Captions -> (B, context_length) CLIP BPE ids (SOT ... EOT, zero padding; long ones truncated)."""
+        return self.tokenizer(list(captions))
+
+    def real_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, L) bool: SOT through the first EOT (id 0 is also a real BPE token, so not ``tokens != 0``)."""
+        eot = (tokens == self.tokenizer.eot_token_id).int().argmax(1)
+        return torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot[:, None]
+
+    @torch.no_grad()
+    def encode(self, tokens: Tensor) -> Tensor:
+        """Token ids -> (B, L, width): embeddings + positions -> transformer (all blocks, or all but the last)
+        -> ln_final."""
+        tower = self.tower
+        length = tokens.shape[1]
+        x = tower.token_embedding(tokens) + tower.positional_embedding[:length]
+        mask = tower.attn_mask[:length, :length] if self.causal else None
+        blocks = tower.transformer.resblocks
+        if not tower.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks[: len(blocks) - (self.layer == "penultimate")]:
+            x = block(x, attn_mask=mask)
+        if not tower.transformer.batch_first:
+            x = x.transpose(0, 1)
+        return tower.ln_final(x)
+
+    def forward(self, values: list[str]) -> Cond:
+        """Captions -> per-token states (B, L, width) and the real-token mask (B, L)."""
+        if isinstance(values, str):
+            values = [values]
+        tokens = self.tokenize(values).to(self.tower.token_embedding.weight.device)
+        return Cond(self.encode(tokens), self.real_tokens(tokens))
+
+    def extra_repr(self) -> str:
+        """For printing the model."""
+        return f"width={self.width}, layer={self.layer}, context_length={self.context_length}"
