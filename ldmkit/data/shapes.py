@@ -6,6 +6,23 @@ from the same scene: an image, a caption, a class label (the largest object), bo
 labels, and a semantic map. Geometry: ``cx``/``cy`` are image fractions (x right, y down) and ``radius`` is
 the half-extent of the object's axis-aligned bounding box as a fraction of the image side. Circles fill
 that box's inscribed circle, squares the whole box, triangles point up with their base on the box bottom.
+
+Two more fields serve the image-to-image tasks of the paper (Sec. 4.3.2 super-resolution, Sec. 4.5
+inpainting): ``lowres``, the image downsampled by ``sr_factor`` (antialiased bicubic, the SR3/LDM-SR
+degradation), and ``mask``, a seeded rectangle (1 = region to fill) covering 10-50 % of the image, drawn
+from its own random stream so the scenes are the same with or without it.
+
+Fields of a sample (``ShapesDataset[i]``):
+
+- ``image``: float32 (3, H, W) in [-1, 1]
+- ``caption``: str
+- ``class_label``: int64 scalar, the largest object's class (0..NUM_CLASSES-1)
+- ``boxes``: float32 (MAX_OBJECTS, 4) xyxy in image fractions, rows past the last object are 0
+- ``box_labels``: int64 (MAX_OBJECTS,), padded with -1
+- ``semantic``: int64 (H, W), 0 = background, else object class + 1
+- ``lowres``: float32 (3, H / sr_factor, W / sr_factor) in [-1, 1]
+- ``mask``: float32 (1, H, W) in {0, 1}, 1 = region to fill
+- ``scene``: str, the scene as JSON (:meth:`Scene.to_json`)
 """
 
 from __future__ import annotations
@@ -17,6 +34,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -46,6 +65,8 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1}
 SUPERSAMPLE = 4
 _PLACEMENT_TRIES = 64
 _MIN_GAP = 0.02
+MASK_COVERAGE: tuple[float, float] = (0.1, 0.5)  # inpainting masks cover this fraction of the image
+_MASK_STREAM = 1  # extra entropy word: the mask's random stream, independent of the scene's
 
 
 def object_class(kind: str, color: str) -> int:
@@ -253,6 +274,36 @@ def render_semantic(scene: Scene, resolution: int) -> np.ndarray:
     return out
 
 
+def inpaint_mask(rng: np.random.Generator, resolution: int) -> np.ndarray:
+    """float32 (H, W) mask: one rectangle of 1s (the region to fill) covering ``MASK_COVERAGE`` of the image.
+
+    The target area is uniform in ``MASK_COVERAGE``, the aspect ratio log-uniform in [1/2, 2], the position
+    uniform; the integer sides are then clamped so the covered fraction stays in the range (from 4 px on).
+    """
+    res = _check_resolution(resolution)
+    lo, hi = MASK_COVERAGE
+    area = lo + (hi - lo) * rng.random()
+    aspect = 2.0 ** (2.0 * rng.random() - 1.0)
+    min_px, max_px = math.ceil(lo * res * res), math.floor(hi * res * res)
+    h = min(res, max(1, round(res * math.sqrt(area * aspect))))
+    w = round(area * res * res / h)
+    w = max(1, min(res, max_px // h, max(w, -(-min_px // h))))
+    y0, x0 = int(rng.integers(res - h + 1)), int(rng.integers(res - w + 1))
+    out = np.zeros((res, res), np.float32)
+    out[y0 : y0 + h, x0 : x0 + w] = 1.0
+    return out
+
+
+def downsample(image: Tensor, factor: int) -> Tensor:
+    """(3, H, W) image in [-1, 1] -> (3, H / factor, W / factor): antialiased bicubic, clamped to [-1, 1]."""
+    if factor == 1:
+        return image.clone()
+    h, w = image.shape[-2:]
+    small = F.interpolate(image[None], size=(h // factor, w // factor), mode="bicubic", align_corners=False,
+                          antialias=True)
+    return small[0].clamp(-1.0, 1.0)
+
+
 class ShapesDataset(Dataset):
     """Seeded, deterministic shapes dataset: sample i depends only on (seed, split, i)."""
 
@@ -263,8 +314,10 @@ class ShapesDataset(Dataset):
         split: str = "train",
         seed: int = 0,
         max_objects: int = MAX_OBJECTS,
+        sr_factor: int = 4,
     ) -> None:
-        """Configure the dataset; ``split`` is "train" or "val" (disjoint random streams)."""
+        """Configure the dataset; ``split`` is "train" or "val" (disjoint random streams); ``lowres`` is the
+        image downsampled by ``sr_factor`` (which must divide ``resolution``)."""
         if split not in SPLITS:
             raise ValueError(f"unknown shapes split {split!r}; valid choices: {', '.join(SPLITS)}")
         if not 1 <= max_objects <= MAX_OBJECTS:
@@ -274,30 +327,50 @@ class ShapesDataset(Dataset):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size, self.resolution, self.split = int(size), _check_resolution(resolution), split
-        self.seed, self.max_objects = int(seed), int(max_objects)
+        sr_factor = operator.index(sr_factor)
+        if sr_factor < 1 or self.resolution % sr_factor:
+            raise ValueError(
+                f"sr_factor must be a positive divisor of resolution={self.resolution}, got {sr_factor}"
+            )
+        self.seed, self.max_objects, self.sr_factor = int(seed), int(max_objects), sr_factor
 
     def __len__(self) -> int:
         """Number of samples."""
         return self.size
 
-    def scene(self, index: int) -> Scene:
-        """The scene of sample ``index`` (deterministic)."""
+    def _index(self, index: int) -> int:
+        """Validate a sample index."""
         i = operator.index(index)
         if not 0 <= i < self.size:
             raise IndexError(f"shapes index {i} out of range [0, {self.size})")
+        return i
+
+    def scene(self, index: int) -> Scene:
+        """The scene of sample ``index`` (deterministic)."""
+        i = self._index(index)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], i]))
         return sample_scene(rng, self.max_objects)
 
+    def mask(self, index: int) -> np.ndarray:
+        """The inpainting mask of sample ``index`` (deterministic; own stream, independent of the scene)."""
+        i = self._index(index)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], i, _MASK_STREAM]))
+        return inpaint_mask(rng, self.resolution)
+
     def __getitem__(self, index: int) -> dict[str, object]:
-        """Image in [-1, 1] (3, H, W) plus caption, class label, boxes, box labels, semantic map, scene JSON."""
+        """Image in [-1, 1] (3, H, W) plus caption, class label, boxes, box labels, semantic map, low-res
+        image, inpainting mask and scene JSON (see the module docstring)."""
         scene = self.scene(index)
         img = torch.from_numpy(render(scene, self.resolution)).permute(2, 0, 1).float()
+        img = (img / 127.5 - 1.0).contiguous()
         return {
-            "image": (img / 127.5 - 1.0).contiguous(),
+            "image": img,
             "caption": scene.caption,
             "class_label": torch.tensor(scene.class_label(), dtype=torch.int64),
             "boxes": torch.from_numpy(scene.boxes()),
             "box_labels": torch.from_numpy(scene.box_labels()),
             "semantic": torch.from_numpy(render_semantic(scene, self.resolution)),
+            "lowres": downsample(img, self.sr_factor),
+            "mask": torch.from_numpy(self.mask(index))[None],
             "scene": scene.to_json(),
         }

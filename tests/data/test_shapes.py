@@ -18,6 +18,7 @@ from ldmkit.data.shapes import (
     ShapeObject,
     ShapesDataset,
     class_name,
+    downsample,
     object_class,
     render,
     render_semantic,
@@ -76,12 +77,18 @@ def test_getitem_fields_and_collate() -> None:
     assert item["boxes"].shape == (MAX_OBJECTS, 4) and item["boxes"].dtype == torch.float32
     assert item["box_labels"].shape == (MAX_OBJECTS,) and item["box_labels"].dtype == torch.int64
     assert item["semantic"].shape == (32, 32) and item["semantic"].dtype == torch.int64
+    assert item["lowres"].shape == (3, 8, 8) and item["lowres"].dtype == torch.float32
+    assert item["mask"].shape == (1, 32, 32) and item["mask"].dtype == torch.float32
+    assert set(item) == {
+        "image", "caption", "class_label", "boxes", "box_labels", "semantic", "lowres", "mask", "scene"
+    }
     scene = Scene.from_json(item["scene"])
     assert scene.caption == item["caption"]
     expected = torch.from_numpy(render(scene, 32)).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.allclose(item["image"], expected)
     batch = default_collate([ds[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 32, 32) and batch["semantic"].shape == (4, 32, 32)
+    assert batch["lowres"].shape == (4, 3, 8, 8) and batch["mask"].shape == (4, 1, 32, 32)
     assert batch["class_label"].shape == (4,) and batch["boxes"].shape == (4, MAX_OBJECTS, 4)
     assert isinstance(batch["caption"], list) and len(batch["caption"]) == 4
     assert isinstance(batch["scene"], list)
@@ -263,3 +270,59 @@ def test_render_geometry_and_antialiasing() -> None:
     s2 = _scene(sq, on_top)
     assert render_semantic(s2, 32)[16, 16] == object_class("circle", "green") + 1
     assert tuple(render(s2, 32)[16, 16]) == COLORS["green"]
+
+
+@pytest.mark.parametrize("res,factor", [(32, 4), (16, 2), (32, 1)])
+def test_lowres_is_the_bicubic_downsampled_image(res: int, factor: int) -> None:
+    import torch.nn.functional as F
+
+    ds = ShapesDataset(size=6, resolution=res, sr_factor=factor, seed=2)
+    for i in range(6):
+        item = ds[i]
+        low = item["lowres"]
+        assert low.shape == (3, res // factor, res // factor) and low.dtype == torch.float32
+        assert -1.0 <= low.min() and low.max() <= 1.0
+        expected = F.interpolate(item["image"][None], scale_factor=1 / factor, mode="bicubic", antialias=True)
+        torch.testing.assert_close(low, expected[0].clamp(-1, 1))
+        assert abs(low.mean() - item["image"].mean()) < 0.02
+        torch.testing.assert_close(ds[i]["lowres"], low)  # deterministic
+    # Hand case: a flat image downsamples to the same flat value.
+    flat = torch.from_numpy(render(Scene((), ((30, 38, 58),) * 2, "none", ""), 16)).permute(2, 0, 1).float()
+    low = downsample(flat / 127.5 - 1, 4)
+    assert low.shape == (3, 4, 4)
+    torch.testing.assert_close(low, (flat[:, :4, :4] / 127.5 - 1))
+    with pytest.raises(ValueError, match="sr_factor"):
+        ShapesDataset(resolution=32, sr_factor=3)
+    with pytest.raises(ValueError, match="sr_factor"):
+        ShapesDataset(resolution=32, sr_factor=0)
+
+
+def test_inpaint_masks_are_seeded_rectangles_in_the_coverage_range() -> None:
+    from ldmkit.data.shapes import MASK_COVERAGE
+
+    ds = ShapesDataset(size=200, resolution=32, seed=4)
+    covers = []
+    for i in range(200):
+        m = ds[i]["mask"]
+        assert m.shape == (1, 32, 32) and m.dtype == torch.float32
+        assert set(torch.unique(m).tolist()) <= {0.0, 1.0}
+        ys, xs = torch.nonzero(m[0], as_tuple=True)
+        box = m[0, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        assert bool((box == 1).all()) and box.numel() == m.sum()  # exactly one filled rectangle
+        covers.append(m.mean().item())
+    lo, hi = MASK_COVERAGE
+    assert (lo, hi) == (0.1, 0.5)
+    assert lo <= min(covers) and max(covers) <= hi
+    assert min(covers) < 0.15 and max(covers) > 0.45  # spans the range
+    # Deterministic per (seed, split, index), different across seeds/splits, and independent of the scenes.
+    again = ShapesDataset(size=200, resolution=32, seed=4)
+    assert all(torch.equal(ds[i]["mask"], again[i]["mask"]) for i in (0, 7, 199))
+    other = ShapesDataset(size=200, resolution=32, seed=5)
+    val = ShapesDataset(size=200, resolution=32, seed=4, split="val")
+    assert not all(torch.equal(ds[i]["mask"], o[i]["mask"]) for o in (other, val) for i in range(5))
+    rng = np.random.default_rng(np.random.SeedSequence([4, 0, 3]))
+    assert ds.scene(3) == sample_scene(rng)  # the scene stream is unchanged by the mask
+    for res in (4, 8, 16, 64):
+        small = ShapesDataset(size=100, resolution=res, sr_factor=1)
+        cov = [small.mask(i).mean() for i in range(100)]
+        assert lo <= min(cov) and max(cov) <= hi

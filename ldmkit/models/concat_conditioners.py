@@ -1,0 +1,210 @@
+"""Concat conditioners (paper Sec. 4.3.2 semantic synthesis and super-resolution, Sec. 4.5 inpainting).
+
+They hand the UNet spatial channels (``Cond.concat``) that ``LatentDiffusion.net`` resizes to the latent
+(area-average down, bilinear up) and joins to it, so the UNet's ``in_channels`` is the latent channels plus
+``concat_channels``. They can be combined with cross-attention conditioners through ``MultiConditioner``.
+
+Null values ("no condition", for conditioning dropout and guidance) are spatially constant, so ``null(n)``
+returns 1x1 maps that the resize to the latent expands; ``drop`` replaces whole samples of a batch by the
+null value at the batch's own size.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldmkit.models.conditioners import Cond, Conditioner
+from ldmkit.models.ldm import resize_to
+
+
+def _keep_mask(n: int, drop_prob: float, generator: torch.Generator | None) -> Tensor:
+    """(n,) bool: True = keep the sample's condition, False = replace it by the null value."""
+    return torch.rand(n, generator=generator) >= drop_prob
+
+
+class _MapConditioner(Conditioner):
+    """Values are one (B, ...) tensor per batch; dropping fills whole samples with ``fill``."""
+
+    fill: float = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Parameter-free: this empty, non-persistent buffer follows .to(device) so outputs land on it.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    def drop(self, values: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Replace each sample's map by the null value (``fill`` everywhere) with prob. ``drop_prob``."""
+        values = torch.as_tensor(values)
+        if self.drop_prob <= 0 or len(values) == 0:
+            return values
+        keep = _keep_mask(len(values), self.drop_prob, generator).to(values.device)
+        keep = keep.view(-1, *([1] * (values.dim() - 1)))
+        return torch.where(keep, values, torch.full_like(values, self.fill))
+
+
+class SemanticConditioner(_MapConditioner):
+    """Semantic map -> one-hot channels (background + classes) concatenated to the latent (Sec. 4.3.2).
+
+    Values are int64 (B, H, W) maps with 0 = background and ``c + 1`` for class ``c`` (the shapes
+    dataset's ``semantic`` field); -1 is the null label whose one-hot vector is all zero ("no class at all").
+    Resizing to the latent by area averaging turns the one-hot channels into per-pixel class fractions.
+    """
+
+    fill = -1
+
+    def __init__(self, num_classes: int, key: str = "semantic", drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.key, self.drop_prob, self.num_classes = key, drop_prob, int(num_classes)
+        self.concat_channels = self.num_classes + 1
+
+    def null(self, n: int) -> Tensor:
+        """``n`` null maps (1x1 of label -1: a zero one-hot vector everywhere once resized)."""
+        return torch.full((n, 1, 1), -1, dtype=torch.long)
+
+    def forward(self, values: Tensor) -> Cond:
+        """(B, H, W) labels in -1..num_classes -> (B, num_classes + 1, H, W) float one-hot (zero for -1)."""
+        labels = torch.as_tensor(values, device=self._anchor.device)
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.dim() != 3 or labels.is_floating_point():
+            raise ValueError(
+                f"semantic maps must be integer (B, H, W), got {labels.dtype} {tuple(labels.shape)}"
+            )
+        labels = labels.long()
+        if labels.numel() and (labels.min() < -1 or labels.max() > self.num_classes):
+            raise ValueError(
+                f"semantic labels must be in -1..{self.num_classes} (0 = background, -1 = null), "
+                f"got {labels.min().item()}..{labels.max().item()}"
+            )
+        one_hot = F.one_hot(labels + 1, self.num_classes + 2)[..., 1:]  # label -1 -> all zeros
+        return Cond(concat=one_hot.permute(0, 3, 1, 2).float())
+
+
+class SRConditioner(_MapConditioner):
+    """Low-resolution image concatenated to the latent (super-resolution, Sec. 4.3.2); null = zeros.
+
+    Values are float (B, 3, h, w) images in [-1, 1] (the shapes dataset's ``lowres`` field); the resize to the
+    latent upsamples them bilinearly (or area-averages them when they are larger than the latent).
+    """
+
+    fill = 0.0
+
+    def __init__(self, key: str = "lowres", channels: int = 3, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.key, self.drop_prob = key, drop_prob
+        self.concat_channels = int(channels)
+
+    def null(self, n: int) -> Tensor:
+        """``n`` null images (1x1 zeros, i.e. mid grey everywhere once resized)."""
+        return torch.zeros(n, self.concat_channels, 1, 1)
+
+    def forward(self, values: Tensor) -> Cond:
+        """(B, C, h, w) images -> the same channels as float concat conditioning."""
+        images = torch.as_tensor(values, device=self._anchor.device)
+        if images.dim() != 4 or images.shape[1] != self.concat_channels:
+            raise ValueError(
+                f"low-res images must be (B, {self.concat_channels}, h, w), got {tuple(images.shape)}"
+            )
+        return Cond(concat=images.float())
+
+
+class InpaintConditioner(Conditioner):
+    """Masked image encoded by the first stage + the mask, concatenated to the latent (inpainting, Sec. 4.5).
+
+    Values are a dict ``{"image": (B, 3, H, W) in [-1, 1], "mask": (B, 1, H, W) in {0, 1}}`` (1 = region to
+    fill), optionally with ``"null": (B,) bool`` marking samples that carry the null condition. The output is
+    ``first_stage.encode(image * (1 - mask))`` (posterior mean, no gradient) and the mask area-resized to the
+    latent (the fraction of each latent pixel to fill): ``latent_channels + 1`` channels. The null condition
+    is a zero latent and a zero mask. The first stage comes from ``attach`` and is deliberately not a
+    sub-module: it is neither in this conditioner's state dict nor in the optimiser (nor copied by the EMA).
+    """
+
+    def __init__(self, latent_channels: int, key: str = "image", mask_key: str = "mask",
+                 drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if latent_channels < 1:
+            raise ValueError(f"latent_channels must be >= 1, got {latent_channels}")
+        self.key, self.mask_key, self.drop_prob = key, mask_key, drop_prob
+        self.latent_channels = int(latent_channels)
+        self.concat_channels = self.latent_channels + 1
+        self.__dict__["_first_stage"] = None
+
+    def attach(self, first_stage: nn.Module) -> None:
+        """Keep a reference to the (frozen) first stage, without registering it as a sub-module."""
+        channels = getattr(first_stage, "latent_channels", self.latent_channels)
+        if channels != self.latent_channels:
+            raise ValueError(
+                f"InpaintConditioner(latent_channels={self.latent_channels}) but the first stage has "
+                f"{channels} latent channels: set cond.latent_channels={channels}"
+            )
+        self.__dict__["_first_stage"] = first_stage
+
+    @property
+    def first_stage(self) -> nn.Module:
+        """The attached first stage (error if ``attach`` was not called)."""
+        fs = self.__dict__["_first_stage"]
+        if fs is None:
+            raise RuntimeError("InpaintConditioner has no first stage: call attach(first_stage) first "
+                               "(LatentDiffusion does this when it is built)")
+        return fs
+
+    def __deepcopy__(self, memo: dict) -> InpaintConditioner:
+        """Deep copy (e.g. the EMA model) that shares the frozen first stage instead of copying it."""
+        fs = self.__dict__["_first_stage"]
+        if fs is not None:
+            memo[id(fs)] = fs
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return clone
+
+    def values(self, batch: dict) -> dict[str, Tensor]:
+        """The image and mask fields of a batch."""
+        return {"image": batch[self.key], "mask": batch[self.mask_key]}
+
+    def null(self, n: int) -> dict[str, Tensor]:
+        """``n`` null conditions (flagged; 1x1 placeholders, the output is a zero latent and a zero mask)."""
+        return {"image": torch.zeros(n, 3, 1, 1), "mask": torch.zeros(n, 1, 1, 1),
+                "null": torch.ones(n, dtype=torch.bool)}
+
+    def drop(self, values: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Flag each sample as null with prob. ``drop_prob`` (images and masks stay, for their shape)."""
+        n = len(values["image"])
+        if self.drop_prob <= 0 or n == 0:
+            return values
+        dropped = ~_keep_mask(n, self.drop_prob, generator)
+        previous = values.get("null")
+        if previous is not None:
+            dropped = dropped | torch.as_tensor(previous, dtype=torch.bool).cpu()
+        return {**values, "null": dropped}
+
+    def forward(self, values: dict[str, Tensor]) -> Cond:
+        """Image + mask -> (B, latent_channels + 1, h, w): masked-image latent and the latent-sized mask."""
+        fs = self.first_stage
+        device = next(iter(fs.parameters()), torch.empty(0)).device
+        image, mask = values["image"], values["mask"]
+        image = torch.as_tensor(image, device=device).float()
+        mask = torch.as_tensor(mask, device=device).float()
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        n = len(image)
+        null = values.get("null")
+        null = torch.zeros(n, dtype=torch.bool) if null is None else torch.as_tensor(null, dtype=torch.bool)
+        null = null.to(device)
+        if null.numel() and bool(null.all()):
+            return Cond(concat=torch.zeros(n, self.concat_channels, 1, 1, device=device))
+        if image.dim() != 4 or mask.shape != (n, 1, *image.shape[-2:]):
+            raise ValueError(
+                f"inpainting needs images (B, C, H, W) and masks (B, 1, H, W) of the same size, got "
+                f"{tuple(image.shape)} and {tuple(mask.shape)}"
+            )
+        with torch.no_grad():
+            z = fs.encode(image * (1.0 - mask)).float()
+        concat = torch.cat([z, resize_to(mask, z.shape[-2:])], dim=1)
+        return Cond(concat=concat * (~null).view(-1, 1, 1, 1).to(concat.dtype))
