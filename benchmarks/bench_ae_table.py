@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import ldmkit, meta
 
 PRESETS = ["kl_f4", "vq_f4", "kl_f8", "vq_f8", "kl_f16", "vq_f16", "kl_f32"]
 
@@ -23,20 +22,18 @@ def run_preset(name: str, steps: int, out: Path, inception: Path, lpips: str | N
     """Train one preset with ``ldmkit train-ae`` and return its meta.json metrics and wall time."""
     resolution = 64 if name.endswith("f32") else 32  # f=32 needs at least 64 px
     perceptual = [f"loss.perceptual.weights={lpips}"] if lpips else ["loss.perceptual=null"]
-    args = [
-        str(Path(sys.executable).with_name("ldmkit")), "train-ae", f"first_stage={name}",
+    seconds = ldmkit(
+        "train-ae", f"first_stage={name}",
         f"trainer.max_steps={steps}", f"dataset.resolution={resolution}", "optim.lr=1e-3",
         f"loss.disc_start={steps // 2}", "report.images=500", f"report.inception_weights={inception}",
         "report.on_missing_weights=error", f"out={out / name}", *perceptual,
-    ]
-    start = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True, text=True)
-    meta = json.loads((out / name / "meta.json").read_text())
-    m = meta["metrics"]
+    )
+    info = meta(out / name)
+    m = info["metrics"]
     return {
-        "preset": name, "f": meta["f"], "latent_shape": meta["latent_shape"], "resolution": resolution,
-        "steps": meta["steps"], "psnr": m["val_psnr"], "ssim": m["val_ssim"], "rfid": m.get("val_rfid"),
-        "l1": m["val_l1"], "seconds": round(time.perf_counter() - start, 1),
+        "preset": name, "f": info["f"], "latent_shape": info["latent_shape"], "resolution": resolution,
+        "steps": info["steps"], "psnr": m["val_psnr"], "ssim": m["val_ssim"], "rfid": m.get("val_rfid"),
+        "l1": m["val_l1"], "seconds": seconds,
     }
 
 

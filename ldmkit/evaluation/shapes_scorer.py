@@ -291,3 +291,18 @@ def requests_from_scene(scene_json: str) -> dict:
     label's semantics) plus the number of objects."""
     scene = Scene.from_json(scene_json)
     return {**request_from_class(scene.class_label()), "count": len(scene.objects)}
+
+
+def request_from_caption(caption: str) -> dict:
+    """Request for a caption of the shapes grammar ("a [size] <colour> <kind> [relation ...]"): the first
+    object phrase's colour and kind plus the number of object phrases (``{}`` parts it does not name)."""
+    words = caption.lower().replace(",", " ").split()
+    phrases = [i for i, w in enumerate(words) if w in KINDS]
+    out: dict = {}
+    if phrases:
+        out["kind"] = words[phrases[0]]
+        colors = [w for w in words[: phrases[0]] if w in COLORS]
+        if colors:
+            out["color"] = colors[-1]
+        out["count"] = len(phrases)
+    return out

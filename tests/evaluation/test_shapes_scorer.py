@@ -175,3 +175,37 @@ def test_accuracy_edge_cases() -> None:
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         detect(img)
     assert request_from_class(0) == {"color": list(COLORS)[0], "kind": KINDS[0]}
+
+
+def test_caption_requests_follow_the_dataset_grammar(val) -> None:
+    from ldmkit.evaluation.shapes_scorer import request_from_caption
+
+    assert request_from_caption("a small red triangle right of a small blue square and a purple square") == {
+        "color": "red", "kind": "triangle", "count": 3}
+    assert request_from_caption("an orange circle") == {"color": "orange", "kind": "circle", "count": 1}
+    assert request_from_caption("a square") == {"kind": "square", "count": 1}
+    assert request_from_caption("nothing here") == {}
+    # On real images, the caption's first object and its object count are what the scorer sees.
+    captions = [Scene.from_json(s).caption for s in val["scenes"]]
+    acc = accuracy(val["images"], [request_from_caption(c) for c in captions])
+    assert acc["color_acc"] >= 0.95 and acc["shape_acc"] >= 0.95 and acc["count_acc"] >= 0.95, acc
+
+
+def test_requests_for_conditioning_values() -> None:
+    from ldmkit.evaluation.cond_accuracy import images_accuracy, requests_for, single_object_values
+
+    labels = single_object_values("class")
+    captions = single_object_values("text")
+    assert labels.tolist() == list(range(len(COLORS) * len(KINDS)))
+    assert captions[0] == "a " + class_name(0) and any(c.startswith("an orange") for c in captions)
+    assert requests_for(labels) == [request_from_class(i) for i in range(len(labels))]
+    assert [{k: r[k] for k in ("color", "kind")} for r in requests_for(captions)] == requests_for(labels)
+    with pytest.raises(ValueError, match="class labels or captions"):
+        requests_for([{"boxes": 1}])
+    # A rendered single-object image per class: every request is met; a swapped colour is not.
+    images = torch.stack([
+        _image(_scene(ShapeObject(*class_name(c).split()[::-1], "large", 0.5, 0.5, 0.3)), 32) for c in range(18)
+    ])
+    assert images_accuracy(images, labels) == {"color_acc": 1.0, "shape_acc": 1.0, "n": 18.0}
+    wrong = images_accuracy(images, torch.roll(labels, 1))
+    assert wrong["color_acc"] == 0.0

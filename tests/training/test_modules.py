@@ -6,7 +6,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.models.autoencoder import AutoencoderKL, DiagonalGaussian
-from ldmkit.models.conditioners import ClassConditioner
+from ldmkit.models.conditioners import ClassConditioner, Conditioner, NoConditioner, TextConditioner
 from ldmkit.models.first_stage import FirstStage
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.models.losses import AutoencoderLoss, psnr
@@ -14,12 +14,15 @@ from ldmkit.models.unet import UNetModel
 from ldmkit.training.ldm_module import LDMModule, ema_multi_avg_fn
 
 
-def tiny_ldm() -> LatentDiffusion:
+def tiny_ldm(cond: Conditioner | None = None) -> LatentDiffusion:
+    cond = ClassConditioner(num_classes=4, embed_dim=16) if cond is None else cond
+    cross = not isinstance(cond, NoConditioner)
     ae = AutoencoderKL(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=16)
     unet = UNetModel(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                     attention_resolutions=(2,), num_head_channels=32, use_spatial_transformer=True, context_dim=16)
-    return LatentDiffusion(unet, ClassConditioner(num_classes=4, embed_dim=16), NoiseSchedule(timesteps=100),
-                           FirstStage(ae, scale_factor=0.5), latent_shape=(3, 8, 8))
+                     attention_resolutions=(2,), num_head_channels=32, use_spatial_transformer=cross,
+                     context_dim=16 if cross else None)
+    return LatentDiffusion(unet, cond, NoiseSchedule(timesteps=100), FirstStage(ae, scale_factor=0.5),
+                           latent_shape=(3, 8, 8))
 
 
 def test_ema_warmup_formula():
@@ -48,16 +51,37 @@ def test_latents_from_shards_and_images():
     torch.testing.assert_close(draws.mean(0), 0.5 * post.mean, atol=6 * 0.5 * post.std.max().item() / 8, rtol=0)
 
 
-def test_training_step_learns_and_first_stage_stays_frozen():
-    torch.manual_seed(0)
+def test_shards_and_images_give_the_same_latents_for_the_same_noise():
+    """Training on encode-dataset shards (fp16 mean + std) or on images encoded on the fly draws the same z."""
     ldm = tiny_ldm()
+    module = LDMModule(ldm)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    post = ldm.first_stage.posterior(images)
+    shard = {"latent_mean": post.mean.half().float(), "latent_std": post.std.half().float()}  # as stored
+    torch.manual_seed(3)
+    from_images = module.latents({"image": images})
+    torch.manual_seed(3)
+    from_shards = module.latents(shard)
+    torch.testing.assert_close(from_shards, from_images, atol=2e-3, rtol=2e-3)
+    assert from_images.abs().mean() > 0.05
+
+
+COND_NAMES = ["none", "class", "text"]  # layout, clip, semantic, sr, inpaint: tests/models
+
+
+@pytest.mark.parametrize("name", COND_NAMES)
+def test_training_step_learns_and_first_stage_stays_frozen(name):
+    torch.manual_seed(0)
+    cond = {"none": NoConditioner(), "class": ClassConditioner(num_classes=4, embed_dim=16),
+            "text": TextConditioner(context_length=16, width=16, layers=1, heads=2)}[name]
+    ldm = tiny_ldm(cond)
     module = LDMModule(ldm, lr=2e-3, ema_decay=0.9)
     module.log = lambda *a, **k: None
     module.train()
     assert not ldm.first_stage.training and all(not p.requires_grad for p in ldm.first_stage.parameters())
     opt = module.configure_optimizers()
     batch = {"latent_mean": torch.randn(8, 3, 8, 8), "latent_std": torch.zeros(8, 3, 8, 8),
-             "class_label": torch.arange(8) % 4}
+             "class_label": torch.arange(8) % 4, "caption": ["a red circle", "a blue square"] * 4}
     before = [p.clone() for p in ldm.first_stage.parameters()]
     losses = []
     for _ in range(30):
