@@ -17,7 +17,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
 from common import ldmkit, meta
 from torch.utils.data import default_collate
 
@@ -89,7 +88,6 @@ def main() -> None:
     parser.add_argument("--sampler-steps", type=int, default=50)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out or tempfile.mkdtemp(prefix="cond_accuracy_"))
     conds = args.conds.split(",")
     trained = train(out, args.ae_steps, args.ldm_steps, args.size, args.batch, conds, args.ae)

@@ -29,6 +29,17 @@ def inception_weights(tmp_path_factory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and immune to a busy machine's oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 COMPAT = Path(__file__).parent / "fixtures" / "compat"
 
 

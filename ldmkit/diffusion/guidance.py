@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ldmkit.models.conditioners import Cond, cat_batch
+from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner, cat_batch, learned_null
 
 
 def cfg_denoiser(eps_fn: Callable[..., Tensor], scale: float) -> Callable[..., Tensor]:
@@ -22,3 +22,14 @@ def cfg_denoiser(eps_fn: Callable[..., Tensor], scale: float) -> Callable[..., T
         return eps_u + scale * (eps_c - eps_u)
 
     return denoise
+
+
+DEFAULT_SCALE = 3.0
+
+
+def guidance_scale(requested: float | None, cond: Conditioner) -> float:
+    """The scale to use: the requested one, else 3 for models trained with conditioning dropout and 1 (no
+    guidance) for the rest (unconditional models, and sr / inpaint, trained without a null condition)."""
+    if requested is not None:
+        return float(requested)
+    return DEFAULT_SCALE if not isinstance(cond, NoConditioner) and learned_null(cond) else 1.0

@@ -48,7 +48,8 @@ def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") 
         raise UserError(f"unknown sampler.discretize={discretize!r}; choose uniform or quad")
     if int(ts[-1]) + 1 >= num_timesteps:
         raise UserError(f"sampler.steps={steps}: the CompVis uniform rule range(0, {num_timesteps}, "
-                        f"{num_timesteps // steps}) + 1 reaches t={int(ts[-1]) + 1}; pick fewer steps, e.g. a divisor of {num_timesteps}")
+                        f"{num_timesteps // steps}) + 1 reaches t={int(ts[-1]) + 1}; pick a divisor of {num_timesteps} "
+                        f"up to {num_timesteps // 2}, e.g. 10, 20, 50, 100, 200, 250")
     return ts + 1
 
 

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner
-from ldmkit.models.ldm import resize_to
+from ldmkit.models.conditioners import Cond, Conditioner, resize_to
 
 
 def _keep_mask(n: int, drop_prob: float, generator: torch.Generator | None) -> Tensor:

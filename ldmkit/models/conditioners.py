@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -39,14 +40,64 @@ def _masks(conds: list[Cond]) -> list[Tensor | None]:
             else torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device) for c in conds]
 
 
+def resize_to(c: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize conditioning channels to a spatial size: area-average down, bilinear up."""
+    if tuple(c.shape[-2:]) == tuple(size):
+        return c
+    if c.shape[-2] >= size[0] and c.shape[-1] >= size[1]:
+        return F.interpolate(c, size=size, mode="area")
+    return F.interpolate(c, size=size, mode="bilinear", align_corners=False)
+
+
+def _same_size(maps: list[Tensor | None]) -> list[Tensor | None]:
+    """Concat maps brought to one spatial size (the largest), e.g. a 1x1 null map next to a full-size one."""
+    present = [m for m in maps if m is not None]
+    if not present:
+        return maps
+    size = (max(m.shape[-2] for m in present), max(m.shape[-1] for m in present))
+    return [None if m is None else resize_to(m, size) for m in maps]
+
+
 def cat_batch(conds: list[Cond]) -> Cond:
     """Stack Conds along the batch (e.g. unconditional + conditional for guidance in one pass)."""
-    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), _join([c.concat for c in conds], 0))
+    concat = _join(_same_size([c.concat for c in conds]), 0)
+    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), concat)
 
 
 def merge(conds: list[Cond]) -> Cond:
     """Combine several conditioners' outputs for one batch: tokens joined along L, channels along C."""
     return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1))
+
+
+def num_values(values: Any) -> int:
+    """How many samples conditioning values describe (tensors, lists, or dicts of these)."""
+    return num_values(next(iter(values.values()))) if isinstance(values, dict) else len(values)
+
+
+def take(values: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of conditioning values (a tensor, a list, or a dict of these, as for inpainting)."""
+    if isinstance(values, dict):
+        return {k: take(v, start, stop) for k, v in values.items()}
+    return values[start:stop]
+
+
+def join_values(parts: list[Any]) -> Any:
+    """Concatenate conditioning values of several requests along the batch (tensors, lists or dicts)."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: join_values([p[k] for p in parts]) for k in first}
+    if isinstance(first, Tensor):
+        return torch.cat([torch.as_tensor(p) for p in parts])
+    return [v for p in parts for v in p]
+
+
+def repeat_values(values: Any, n: int) -> Any:
+    """Each sample of ``values`` repeated ``n`` times in a row (n samples per request)."""
+    if isinstance(values, dict):
+        return {k: repeat_values(v, n) for k, v in values.items()}
+    if isinstance(values, Tensor):
+        return values.repeat_interleave(n, dim=0)
+    return [v for v in values for _ in range(n)]
 
 
 class Conditioner(nn.Module, ABC):
@@ -200,3 +251,9 @@ class MultiConditioner(Conditioner):
     def forward(self, values: dict[str, Any]) -> Cond:
         """The parts' outputs merged: tokens joined along L, channels along C."""
         return merge([part(values[name]) for name, part in self.parts.items()])
+
+
+def learned_null(cond: Conditioner) -> bool:
+    """Whether training dropped conditions (drop_prob > 0 somewhere), i.e. the null condition was learned."""
+    parts = cond.parts.values() if isinstance(cond, MultiConditioner) else [cond]
+    return any(float(getattr(p, "drop_prob", 0.0)) > 0 for p in parts)

@@ -6,24 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.diffusion.guidance import cfg_denoiser
 from ldmkit.diffusion.objectives import check_prediction, to_eps
 from ldmkit.diffusion.samplers import randn_like, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
-from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner
+from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner, num_values, resize_to
 from ldmkit.models.first_stage import FirstStage
-
-
-def resize_to(c: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize conditioning channels to the latent's spatial size: area-average down, bilinear up."""
-    if tuple(c.shape[-2:]) == tuple(size):
-        return c
-    if c.shape[-2] >= size[0] and c.shape[-1] >= size[1]:
-        return F.interpolate(c, size=size, mode="area")
-    return F.interpolate(c, size=size, mode="bilinear", align_corners=False)
 
 
 class LatentDiffusion(nn.Module):
@@ -72,6 +62,19 @@ class LatentDiffusion(nn.Module):
         """Encode conditioning values (captions, labels, maps, ...) to a ``Cond``."""
         return self.cond(values)
 
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: f × 2^(UNet levels − 1) (convolutional sampling, Sec. 4.3.2)."""
+        levels = len(getattr(self.unet, "channel_mult", (1,)))
+        return self.first_stage.downsample_factor * 2 ** (levels - 1)
+
+    def latent_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The latent (h, w) for an image of ``height`` × ``width`` pixels (default: the training size)."""
+        f, multiple = self.first_stage.downsample_factor, self.size_multiple()
+        h, w = height or self.latent_shape[1] * f, width or self.latent_shape[2] * f
+        if h % multiple or w % multiple or h < multiple or w < multiple:
+            raise ValueError(f"image size {h}x{w} must be a positive multiple of {multiple} (f={f} × 2^(UNet levels - 1))")
+        return h // f, w // f
+
     @torch.no_grad()
     def sample(
         self,
@@ -82,18 +85,27 @@ class LatentDiffusion(nn.Module):
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[dict], None] | None = None,
         return_latents: bool = False,
+        size: tuple[int, int] | None = None,
+        uncond_values: Any = None,
     ) -> Tensor:
-        """Draw images in [-1, 1] for ``values`` (one per sample; ``None`` = unconditional, ``n`` samples)."""
+        """Draw images in [-1, 1] for ``values`` (one per sample; ``None`` = unconditional, ``n`` samples).
+
+        ``size`` is the latent (h, w) (default: the training size; larger = convolutional sampling) and
+        ``uncond_values`` replace the null condition of classifier-free guidance (a negative prompt)."""
         unconditional = isinstance(self.cond, NoConditioner)
         if values is None:
             if n is None:
                 raise ValueError("give conditioning values or n")
             values = self.cond.null(n)
-        n = len(values)
+        n = num_values(values)
         device = next(self.unet.parameters()).device
         cond = self.condition(values)
-        uncond = None if unconditional or guidance == 1.0 else self.condition(self.cond.null(n))
-        noise = randn_like(torch.empty((n, *self.latent_shape), device=device), generator)
+        if unconditional or guidance == 1.0:
+            uncond = None
+        else:
+            uncond = self.condition(self.cond.null(n) if uncond_values is None else uncond_values)
+        shape = (n, self.latent_shape[0], *(size or self.latent_shape[1:]))
+        noise = randn_like(torch.empty(shape, device=device), generator)
         sampler = sampler or sample_ddim
         z = sampler(
             cfg_denoiser(self.eps, guidance),

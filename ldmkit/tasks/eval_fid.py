@@ -10,11 +10,12 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from ldmkit import modeldir
+from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
 from ldmkit.evaluation.fid import fid_kid, find_inception_weights
 from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
-from ldmkit.tasks.generation import conditions, generate
+from ldmkit.tasks.generation import generate, reference_conditions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -59,13 +60,14 @@ def run(cfg: DictConfig) -> None:
     else:
         ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
         ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
-        values = conditions(ldm, ckpt, n, None, None)
-        images = generate(ldm, values, n, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size)
+        values = reference_conditions(ldm, ckpt, n)
+        guidance = guidance_scale(cfg.guidance, ldm.cond)
+        images = generate(ldm, values, n, instantiate(cfg.sampler), guidance, cfg.seed, cfg.batch_size)
         (out / "samples").mkdir(exist_ok=True)
         for i, image in enumerate(images):
             save_png(image, out / "samples" / f"{i:06d}.png")
         generated = to_uint8(images)
-        source = {"ckpt": str(ckpt.resolve()), "guidance": cfg.guidance, "sampler": dict(cfg.sampler)}
+        source = {"ckpt": str(ckpt.resolve()), "guidance": guidance, "sampler": dict(cfg.sampler)}
     reference_set = instantiate(cfg.dataset, size=len(generated))
     reference = to_uint8(torch.stack([reference_set[i]["image"] for i in range(len(reference_set))]))
     metrics = {"samples": len(generated), "reference": len(reference), **source}

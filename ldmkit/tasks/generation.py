@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from rich.progress import Progress
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress, TimeElapsedColumn
 from torch import Tensor
 
-from ldmkit.errors import UserError
-from ldmkit.models.conditioners import ClassConditioner, NoConditioner, TextConditioner
+from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.tasks.common import console
 
@@ -35,43 +34,11 @@ def reference_values(dataset_cfg: DictConfig, cond, n: int) -> Any:
     return cond.values(default_collate([dataset[i] for i in range(n)]))
 
 
-def parse_label(label: Any, cond: ClassConditioner) -> int:
-    """A class id or a class name of the shapes dataset ('red circle') -> class id."""
-    from ldmkit.data.shapes import class_name
-
-    names = {class_name(i): i for i in range(cond.num_classes)}
-    if isinstance(label, int) or str(label).isdigit():
-        if not 0 <= int(label) < cond.num_classes:
-            raise UserError(f"label={label} is out of range 0..{cond.num_classes - 1}")
-        return int(label)
-    if label not in names:
-        raise UserError(f"label={label!r} is not a class; use 0..{cond.num_classes - 1} or a name like {next(iter(names))!r}")
-    return names[label]
-
-
-def as_list(value: Any) -> list | None:
-    """None, a scalar, or a (Hydra) list -> None or a plain list."""
-    if value is None:
+def reference_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:
+    """``n`` conditions drawn from the validation split of the model's dataset (None if unconditional)."""
+    if isinstance(ldm.cond, NoConditioner):
         return None
-    return list(value) if isinstance(value, list | tuple | ListConfig) else [value]
-
-
-def conditions(ldm: LatentDiffusion, model_dir: Path, n: int, prompt: Any, label: Any) -> Any:
-    """Conditioning values: ``n`` per prompt=/label= (one or a list), else ``n`` validation conditions."""
-    cond = ldm.cond
-    if isinstance(cond, NoConditioner):
-        if prompt is not None or label is not None:
-            raise UserError("this model is unconditional: drop prompt=/label=")
-        return None
-    if isinstance(cond, TextConditioner) and label is not None:
-        raise UserError("this model is text-conditional: use prompt='...' instead of label=")
-    if isinstance(cond, ClassConditioner) and prompt is not None:
-        raise UserError("this model is class-conditional: use label=ID or label='red circle' instead of prompt=")
-    if prompt is not None:
-        return [str(p) for p in as_list(prompt) for _ in range(n)]
-    if label is not None:
-        return torch.tensor([parse_label(lb, cond) for lb in as_list(label) for _ in range(n)], dtype=torch.long)
-    return reference_values(source_dataset_cfg(model_dir), cond, n)
+    return reference_values(source_dataset_cfg(model_dir), ldm.cond, n)
 
 
 def generate(
@@ -82,16 +49,24 @@ def generate(
     guidance: float,
     seed: int,
     batch_size: int,
+    size: tuple[int, int] | None = None,
+    uncond: Any = None,
 ) -> Tensor:
-    """``n`` images in [-1, 1] (on CPU), sampled in batches with a rich progress bar; sample i uses seed + i."""
+    """``n`` images in [-1, 1] (on CPU) in batches, with rich progress over batches and steps; sample i uses
+    seed + i. ``size`` is the latent (h, w); ``uncond`` replaces the null condition (a negative prompt)."""
     images = []
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("sampling", total=n)
+    with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console, transient=True) as bar:
+        batches = bar.add_task("batches", total=-(-n // batch_size))
+        steps = bar.add_task("steps", total=None)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            chunk = None if values is None else values[start:stop]
+            chunk = None if values is None else take(values, start, stop)
+            negative = None if uncond is None else take(uncond, start, stop)
             generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]  # seed + i per sample
+            bar.reset(steps)
             x = ldm.sample(chunk, n=stop - start, sampler=sampler, guidance=guidance, generator=generators,
-                           callback=lambda info, k=stop - start: bar.advance(task, k / info["total"]))
+                           size=size, uncond_values=negative,
+                           callback=lambda info: bar.update(steps, completed=info["i"] + 1, total=info["total"]))
             images.append(x.cpu())
+            bar.advance(batches)
     return torch.cat(images)

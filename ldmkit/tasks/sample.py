@@ -1,39 +1,134 @@
-"""``ldmkit sample``: images from an LDM model dir, one PNG each plus grid.png and samples.json."""
+"""``ldmkit sample``: images from an LDM model dir: one PNG each (its condition, seed and sampler in the PNG
+text chunks), ``grid.png`` and a ``samples.jsonl`` index."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from ldmkit import modeldir
+from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
-from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png
-from ldmkit.tasks.generation import as_list, conditions, generate
+from ldmkit.models.conditioners import num_values
+from ldmkit.models.ldm import LatentDiffusion
+from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
+from ldmkit.tasks.generation import generate, reference_conditions, source_dataset_cfg
+from ldmkit.tasks.inputs import Requests, negative_values, repeat_requests, user_requests
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Numbers that make no sense stop here, in one line."""
+    if cfg.n < 1:
+        raise UserError(f"n={cfg.n}: need at least one sample")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size}: need at least 1")
+    if cfg.guidance is not None and not 0 <= float(cfg.guidance) <= 100:
+        raise UserError(f"guidance={cfg.guidance}: the classifier-free guidance scale must be in [0, 100] "
+                        "(1 = no guidance, 0 = unconditional)")
+    for key in ("H", "W"):
+        if cfg.get(key) is not None and int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]}: must be a positive number of pixels")
+
+
+def reference_requests(ldm: LatentDiffusion, ckpt: Path, n: int) -> Requests | None:
+    """``n`` validation-set conditions (one sample each), described by caption / label where simple."""
+    values = reference_conditions(ldm, ckpt, n)
+    if values is None:
+        return None
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        described = [{"prompt": v, "reference": f"val[{i}]"} for i, v in enumerate(values)]
+    elif isinstance(values, Tensor) and values.dim() == 1:
+        described = [{"label": int(v), "reference": f"val[{i}]"} for i, v in enumerate(values)]
+    else:
+        described = [{"reference": f"val[{i}]"} for i in range(num_values(values))]
+    return Requests(values, described)
+
+
+def image_size(cfg: DictConfig, reqs: Requests | None, ldm: LatentDiffusion) -> tuple[int, int] | None:
+    """The pixel size asked for (H=/W=), else the one the inputs imply, else None (the training size)."""
+    implied = reqs.size if reqs is not None else None
+    if cfg.get("H") is None and cfg.get("W") is None:
+        return implied
+    f = ldm.first_stage.downsample_factor
+    default = implied or (ldm.latent_shape[1] * f, ldm.latent_shape[2] * f)
+    h = int(cfg.H) if cfg.get("H") is not None else default[0]
+    w = int(cfg.W) if cfg.get("W") is not None else default[1]
+    if cfg.get("mask") is not None and implied is not None and (h, w) != tuple(implied):
+        raise UserError(f"H={h} W={w} but the inpainting image is {implied[0]}x{implied[1]}: drop H=/W=")
+    return h, w
 
 
 def run(cfg: DictConfig) -> None:
-    """Sample ``n`` images and write them with the conditions that produced them."""
-    if cfg.n < 1:
-        raise UserError(f"n={cfg.n}: need at least one sample")
+    """Sample ``n`` images per request and write them with the conditions that produced them."""
+    check_options(cfg)
     out = run_dir()
     ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
     ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
-    values = conditions(ldm, ckpt, cfg.n, cfg.prompt, cfg.label)
-    total = cfg.n if values is None else len(values)
-    images = generate(ldm, values, total, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size)
-    for i, image in enumerate(images):
-        save_png(image, out / f"{i:06d}.png")
-    several = len(as_list(cfg.prompt if cfg.prompt is not None else cfg.label) or []) > 1
-    save_grid(images, out / "grid.png", nrow=cfg.n if several else max(1, math.ceil(math.sqrt(total))))
-    listed = [None] * total if values is None else [v.tolist() if isinstance(v, Tensor) else v for v in values]
-    modeldir.write_json(out / "samples.json", {
-        "ckpt": str(ckpt.resolve()),
-        "seed": cfg.seed,
-        "guidance": cfg.guidance,
-        "sampler": dict(cfg.sampler),
-        "samples": [{"file": f"{i:06d}.png", "cond": v} for i, v in enumerate(listed)],
-    })
-    console.print(f"{total} samples -> {out}/grid.png")
+    sr_factor = int(source_dataset_cfg(ckpt).get("sr_factor", 4))
+    reqs = user_requests(ldm.cond, cfg, sr_factor)
+    per_request = cfg.n
+    if reqs is None:  # no inputs: n conditions from the validation set, one sample each
+        reqs, per_request = reference_requests(ldm, ckpt, cfg.n), 1
+    pixels = image_size(cfg, reqs, ldm)
+    try:
+        size = ldm.latent_size(*pixels) if pixels else None
+    except ValueError as exc:
+        raise UserError(f"{exc}; set H=/W= (or resize the inputs)") from None
+    if reqs is None:
+        values, described = None, [{}] * cfg.n
+    else:
+        values, described = repeat_requests(reqs, per_request)
+    total = len(described)
+    with open_dict(cfg):
+        cfg.guidance = guidance_scale(cfg.guidance, ldm.cond)
+    uncond = negative_values(ldm.cond, cfg.get("negative_prompt"), total)
+    images = generate(ldm, values, total, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size,
+                      size=size, uncond=uncond)
+    records = [_record(cfg, i, d) for i, d in enumerate(described)]
+    for image, record in zip(images, records, strict=True):
+        save_png_with_text(image, out / record["file"], record)
+    rows = cfg.n if reqs is not None and len(reqs) > 1 and per_request > 1 else math.ceil(math.sqrt(total))
+    save_grid(images, out / "grid.png", nrow=max(1, rows))
+    write_jsonl(out / "samples.jsonl", [{**r, "ckpt": str(ckpt.resolve())} for r in records])
+    console.print(f"{total} samples ({images.shape[-2]}x{images.shape[-1]}) -> {out}/grid.png")
+
+
+def sampler_name(cfg: DictConfig) -> str:
+    """The sampler group option chosen (``ddim``, ``dpmpp_2m`` …)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("sampler") if HydraConfig.initialized() else None
+    return str(choice or cfg.sampler._target_.rsplit(".", 1)[-1])
+
+
+def _record(cfg: DictConfig, i: int, described: dict) -> dict[str, Any]:
+    """What a sample's PNG text chunks and its samples.jsonl line say."""
+    sampler = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if not k.startswith("_")}
+    return {"file": f"{i:06d}.png", **described, "seed": int(cfg.seed) + i, "sampler": sampler_name(cfg),
+            "steps": sampler.get("steps"), "guidance": float(cfg.guidance),
+            "negative_prompt": cfg.get("negative_prompt"), "sampler_options": sampler}
+
+
+def save_png_with_text(image: Tensor, path: Path, record: dict) -> None:
+    """One image in [-1, 1] as PNG with every field of ``record`` as a tEXt chunk (JSON for non-strings)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in record.items():
+        if key != "file" and value is not None:
+            info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy()).save(path, pnginfo=info)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written to a temporary name and renamed."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)

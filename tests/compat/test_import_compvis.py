@@ -37,13 +37,7 @@ LOSS_KEYS = {"loss.discriminator.main.0.weight": torch.randn(8, 3, 4, 4), "loss.
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is fastest, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _ours(spec: dict) -> torch.nn.Module:
     """The ldmkit model built from a CompVis spec's arguments."""

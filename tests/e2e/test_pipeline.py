@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -100,8 +101,28 @@ def test_ldm_dirs_and_api(runs):
 def test_sample_outputs(runs):
     files = sorted(p.name for p in (runs / "s").glob("0*.png"))
     assert files == [f"{i:06d}.png" for i in range(4)]
-    listing = json.loads((runs / "s" / "samples.json").read_text())
-    assert [s["cond"] for s in listing["samples"]] == ["a red circle"] * 4 and listing["seed"] == 0
+    lines = [json.loads(line) for line in (runs / "s" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["prompt"], r["seed"]) for r in lines] == [(f, "a red circle", i) for i, f in enumerate(files)]
+    assert {(r["sampler"], r["steps"], r["guidance"]) for r in lines} == {("ddim", 10, 3.0)}
+    with Image.open(runs / "s" / "000002.png") as im:
+        assert im.size == (32, 32)
+        assert im.text["prompt"] == "a red circle" and im.text["seed"] == "2" and im.text["sampler"] == "ddim"
+        assert im.text["steps"] == "10" and im.text["guidance"] == "3.0"
+        cli_image = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).int()
+    # `sample` draws with the EMA weights: the API with EMA gives the same image, the raw weights another one
+    from functools import partial
+
+    from ldmkit.diffusion.samplers import sample_ddim
+    from ldmkit.tasks.common import to_uint8
+
+    def api_image(use_ema: bool) -> torch.Tensor:
+        ldm = ldmkit.load(runs / "ldm", use_ema=use_ema)
+        x = ldm.sample(["a red circle"], sampler=partial(sample_ddim, steps=10), guidance=3.0,
+                       generator=[torch.Generator().manual_seed(2)])
+        return to_uint8(x)[0].int()
+
+    assert (api_image(True) - cli_image).abs().max() <= 1
+    assert (api_image(False) - cli_image).abs().float().mean() > 1
     with Image.open(runs / "s" / "grid.png") as im:
         assert im.size == (2 * 34 + 2, 2 * 34 + 2)
 
@@ -140,4 +161,4 @@ def test_sampling_is_seeded(runs, tmp_path):
     read = lambda d: (tmp_path / d / "grid.png").read_bytes()  # noqa: E731
     assert read("a") == read("b") and read("a") != read("c") and read("a") == read("e")
     bad = run_cli("sample", f"ckpt={runs}/ldm_cls", "prompt=a red circle", f"out={tmp_path}/d", check=False)
-    assert bad.returncode == 2 and "class-conditional" in bad.stderr
+    assert bad.returncode == 2 and "(ClassConditioner) takes label=; drop prompt=" in bad.stderr

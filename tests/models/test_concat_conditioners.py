@@ -23,13 +23,7 @@ from ldmkit.training.ldm_module import LDMModule
 RES = 16  # images; the tiny first stage has f = 2, so latents are 3 x 8 x 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU cores are shared with other jobs: tiny forwards are faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_first_stage(seed: int = 0) -> FirstStage:
