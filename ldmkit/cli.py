@@ -57,15 +57,6 @@ def eval_fid(
     _forward("eval_fid", "eval-fid", [*ctx.args, *extra])
 
 
-def _path_override(key: str, value: str) -> str:
-    """``key=value`` for Hydra, quoting paths its override grammar would misread (spaces, commas, '=', '~' …)."""
-    import re
-
-    if re.fullmatch(r"[\w/.+\-:@%]+", value, flags=re.ASCII):
-        return f"{key}={value}"
-    return f"{key}='" + value.replace("'", "\\'") + "'"
-
-
 @app.command("import-compvis", context_settings=FORWARD)
 def import_compvis(
     ctx: typer.Context,
@@ -80,7 +71,9 @@ def import_compvis(
         typer.echo("error: usage: ldmkit import-compvis CONFIG.yaml MODEL.ckpt [out=DIR] [overrides]: "
                    f"missing {'CONFIG.yaml and MODEL.ckpt' if config is None else 'MODEL.ckpt'}", err=True)
         raise typer.Exit(2)
-    paths = [_path_override("config", config), _path_override("ckpt", ckpt)]
+    from ldmkit.runner import quote_value
+
+    paths = [quote_value("config", config), quote_value("ckpt", ckpt)]
     _forward("import_compvis", "import-compvis", [*paths, *ctx.args])
 
 

@@ -68,12 +68,35 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
+# Options whose values are paths or URLs: quoted for Hydra when they hold characters its grammar would read
+# (braces of shard patterns '{00000..00099}', spaces, commas, '=', ...), unless the user quoted them already.
+PATH_KEYS = ("dataset.urls", "dataset.val_urls", "dataset.path", "ae", "ckpt", "out", "config", "prompts_file",
+             "layout", "image", "mask", "semantic", "images", "inception_weights")
+_PLAIN = re.compile(r"[\w/.+\-:@%]+", flags=re.ASCII)
+
+
+def quote_value(key: str, value: str) -> str:
+    """``key=value`` for Hydra, with ``value`` single-quoted when the override grammar would misread it."""
+    if _PLAIN.fullmatch(value) or value[:1] in "'\"[" or not value:
+        return f"{key}={value}"
+    return f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Quote the values of path/URL options (``dataset.urls=/d/{00000..00009}.tar`` works unquoted)."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        out.append(quote_value(key, value) if eq and key.lstrip("+") in PATH_KEYS else arg)
+    return out
+
+
 def run_task(task: str, command: str, args: list[str]) -> int:
     """Run ``ldmkit <command> <args>`` through Hydra; return the exit code (2 for bad input)."""
     state = {"started": False}
     main = _task_main(task, state)
     saved = sys.argv
-    sys.argv = [f"ldmkit {command}", *quote_numeric_groups(args)]
+    sys.argv = [f"ldmkit {command}", *quote_paths(quote_numeric_groups(args))]
     try:
         main()
         code = 0

@@ -9,6 +9,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from ldmkit import modeldir
+from ldmkit.data.access import EachOnce, first_item, length, write_skips
 from ldmkit.data.latent_shards import encode_fields
 from ldmkit.tasks.common import console, device, run_dir
 
@@ -28,10 +29,11 @@ def run(cfg: DictConfig) -> None:
     dev = device()
     fs = modeldir.load(ae_dir).to(dev)
     dataset = instantiate(cfg.dataset)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+    field_names = sorted(set(first_item(dataset)) - {"image"} | {"latent_mean", "latent_std"})
+    loader = DataLoader(EachOnce(dataset), batch_size=cfg.batch_size)
     count = 0
     with wds.ShardWriter(str(out / "%06d.tar"), maxcount=cfg.shard_size, verbose=0) as sink, Progress(console=console) as bar:
-        task = bar.add_task("encoding", total=len(dataset))
+        task = bar.add_task("encoding", total=length(dataset))
         for batch in loader:
             with torch.no_grad():
                 post = fs.posterior(batch["image"].to(dev))
@@ -41,12 +43,14 @@ def run(cfg: DictConfig) -> None:
                 sink.write({"__key__": f"{count:08d}", **fields})
                 count += 1
             bar.advance(task, mean.shape[0])
+    skipped = write_skips(dataset, out)
     shards = sorted(p.name for p in out.glob("*.tar"))
     modeldir.write_json(out / "manifest.json", {
         "format": modeldir.FORMAT,
         "count": count,
         "shards": shards,
-        "fields": sorted(set(dataset[0]) - {"image"} | {"latent_mean", "latent_std"}),
+        "fields": field_names,
+        **({"skipped_samples": skipped["skipped"]} if skipped else {}),
         "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},
         "f": ae_meta["f"],
         "latent_shape": ae_meta["latent_shape"],

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from ldmkit import modeldir
+from ldmkit.data.access import first_items
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
 from ldmkit.evaluation.fid import fid_kid, find_inception_weights
@@ -68,8 +69,7 @@ def run(cfg: DictConfig) -> None:
             save_png(image, out / "samples" / f"{i:06d}.png")
         generated = to_uint8(images)
         source = {"ckpt": str(ckpt.resolve()), "guidance": guidance, "sampler": dict(cfg.sampler)}
-    reference_set = instantiate(cfg.dataset, size=len(generated))
-    reference = to_uint8(torch.stack([reference_set[i]["image"] for i in range(len(reference_set))]))
+    reference = to_uint8(torch.stack([x["image"] for x in first_items(instantiate(cfg.dataset, size=n), n)]))
     metrics = {"samples": len(generated), "reference": len(reference), **source}
     if weights is None:
         console.print(f"skipped FID/KID: {reason}")
@@ -85,8 +85,7 @@ def _eval_first_stage(cfg: DictConfig, n: int, weights: Path | None, reason: str
     """Reconstruction metrics of a first stage (ae=DIR) on ``n`` dataset images: PSNR, SSIM, L1, rFID."""
     ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
     stage = modeldir.load(ae_dir).to(device())
-    dataset = instantiate(cfg.dataset, size=n)
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    images = torch.stack([x["image"] for x in first_items(instantiate(cfg.dataset, size=n), n)])
     rec = reconstruct(stage, images, cfg.batch_size)
     k = min(8, n)
     save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)

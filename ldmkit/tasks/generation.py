@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress, TimeElapsedColumn
 from torch import Tensor
 
+from ldmkit.errors import UserError
 from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.tasks.common import console
@@ -18,10 +19,11 @@ from ldmkit.tasks.common import console
 
 def source_dataset_cfg(model_dir: Path) -> DictConfig:
     """The image dataset an LDM was trained on (through the manifest when it was trained on latents)."""
+    from ldmkit.data.access import is_latent_shards
     from ldmkit.data.latent_shards import read_manifest
 
     cfg = OmegaConf.load(model_dir / "config.yaml").dataset
-    if "path" in cfg:  # latent shards: the manifest records the source dataset
+    if is_latent_shards(cfg):  # the manifest records the source dataset
         cfg = OmegaConf.create(read_manifest(cfg.path)["dataset"])
     return cfg
 
@@ -30,8 +32,12 @@ def reference_values(dataset_cfg: DictConfig, cond, n: int) -> Any:
     """The conditioner's inputs for the first ``n`` samples of the dataset's validation split."""
     from torch.utils.data import default_collate
 
-    dataset = instantiate(dataset_cfg, split="val", size=n)
-    return cond.values(default_collate([dataset[i] for i in range(n)]))
+    from ldmkit.data.access import first_items
+
+    items = first_items(instantiate(dataset_cfg, split="val", size=n), n)
+    if len(items) < n:
+        raise UserError(f"the dataset's val split has {len(items)} samples, {n} conditions were asked for")
+    return cond.values(default_collate(items))
 
 
 def reference_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:

@@ -6,9 +6,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ldmkit import modeldir
+from ldmkit.data.access import first_items, write_skips
 from ldmkit.errors import UserError
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
@@ -42,7 +43,8 @@ def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
     from ldmkit.training.trainer import make_trainer
 
     module = AutoencoderModule(ae, instantiate(cfg.loss), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not isinstance(dataset, IterableDataset),
+                        drop_last=True,
                         num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
     trainer_cfg = dict(cfg.trainer)
     if trainer_cfg.get("max_steps", -1) > 0:  # Lightning counts both optimisers' steps (STACK_NOTES)
@@ -78,11 +80,15 @@ def run(cfg: DictConfig) -> None:
         steps = _train(cfg, ae, dataset, out)
         if steps < 0:
             return
+    skipped = write_skips(dataset, out)
     ae = ae.cpu().eval()
-    first = next(iter(DataLoader(dataset, batch_size=cfg.loader.batch_size)))["image"]
+    first = torch.stack([item["image"] for item in first_items(dataset, cfg.loader.batch_size)])
     stage = FirstStage(ae, latent_scale(ae, first))
-    val = instantiate(cfg.dataset, split="val", size=max(cfg.report.images, cfg.report.grid))
-    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    n_val = max(cfg.report.images, cfg.report.grid)
+    val = first_items(instantiate(cfg.dataset, split="val", size=n_val), n_val)
+    if not val:
+        raise UserError("the dataset's val split is empty: the reconstruction report needs validation images")
+    images = torch.stack([item["image"] for item in val])
     rec = reconstruct(stage, images)
     k = cfg.report.grid
     save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)
@@ -99,6 +105,7 @@ def run(cfg: DictConfig) -> None:
         "scale_factor": stage.scale_factor,
         "steps": steps,
         "metrics": metrics,
+        **({"skipped_samples": skipped["skipped"]} if skipped else {}),
     })
     rfid = f", rFID {metrics['val_rfid']:.2f}" if "val_rfid" in metrics else ""
     console.print(

@@ -7,6 +7,7 @@ from omegaconf import DictConfig, ListConfig, open_dict
 from torch.utils.data import DataLoader, IterableDataset
 
 from ldmkit import modeldir
+from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
 from ldmkit.errors import UserError
 from ldmkit.models.ldm import LatentDiffusion
@@ -15,7 +16,7 @@ from ldmkit.tasks.common import console, run_dir
 
 def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
     """The latent shape the UNet trains on; with dataset=latents the shards must come from ae=."""
-    if "path" not in cfg.dataset:
+    if not is_latent_shards(cfg.dataset):
         f, res = ae_meta["f"], cfg.dataset.resolution
         if res % f:
             raise UserError(f"dataset.resolution={res} is not divisible by the first stage's f={f}")
@@ -74,6 +75,7 @@ def run(cfg: DictConfig) -> None:
                         num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
     trainer = make_trainer(dict(cfg.trainer), out)
     trainer.fit(module, loader)
+    skipped = write_skips(dataset, out)
     if not trainer.is_global_zero:
         return
     modeldir.copy(ae_dir, out / "first_stage")
@@ -91,6 +93,7 @@ def run(cfg: DictConfig) -> None:
             "scale_factor": ae_meta["scale_factor"],
             "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},
             "steps": trainer.global_step,
+            **({"skipped_samples": skipped["skipped"]} if skipped else {}),
         },
     )
     console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
@@ -98,7 +101,7 @@ def run(cfg: DictConfig) -> None:
 
 def _check_fields(cond, dataset) -> None:
     """The conditioner must find its inputs in a dataset sample: else one line naming the missing field."""
-    sample = next(iter(dataset)) if isinstance(dataset, IterableDataset) else dataset[0]
+    sample = first_item(dataset)
     try:
         cond.values(sample)
     except KeyError as exc:
