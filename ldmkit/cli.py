@@ -30,9 +30,16 @@ def train_ae(ctx: typer.Context) -> None:
 
 
 @app.command("encode-dataset", context_settings=FORWARD)
-def encode_dataset(ctx: typer.Context) -> None:
-    """Encode a dataset with a first stage (ae=DIR) into webdataset latent shards + manifest.json."""
-    _forward("encode_dataset", "encode-dataset", ctx.args)
+def encode_dataset(
+    ctx: typer.Context,
+    verify: Optional[str] = typer.Option(None, "--verify", metavar="DIR", help="Check a latent-shard dir."),  # noqa: UP045
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes sharing the shards."),  # noqa: UP045
+) -> None:
+    """Encode a dataset with a first stage (ae=DIR) into webdataset latent shards + manifest.json (resumable)."""
+    from ldmkit.runner import quote_value
+
+    extra = ([quote_value("verify", verify)] if verify else []) + ([f"workers={workers}"] if workers else [])
+    _forward("encode_dataset", "encode-dataset", [*ctx.args, *extra])
 
 
 @app.command("train-ldm", context_settings=FORWARD)

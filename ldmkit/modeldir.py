@@ -35,8 +35,11 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write pretty JSON."""
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write pretty JSON atomically: to a temporary name, then renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
 
 
 def resolve(spec: str | None, kind: str, option: str) -> Path:

@@ -64,11 +64,11 @@ def to_training_sample(sample: dict) -> dict:
     return out
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path, option: str = "dataset.path") -> dict:
     """The manifest of an encode-dataset output dir."""
     path = Path(path)
     if not (path / "manifest.json").is_file():
-        raise UserError(f"dataset.path={path}: no manifest.json (pass the out= dir of `ldmkit encode-dataset`)")
+        raise UserError(f"{option}={path}: no manifest.json (pass the out= dir of `ldmkit encode-dataset`)")
     return read_json(path / "manifest.json")
 
 
@@ -99,4 +99,4 @@ def iterate_shards(path: str | Path) -> Iterator[dict]:
     manifest = read_manifest(path)
     urls = [str(Path(path) / name) for name in manifest["shards"]]
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-        yield {"__key__": sample["__key__"], **to_training_sample(sample)}
+        yield {"__key__": sample["__key__"], "__url__": sample.get("__url__", ""), **to_training_sample(sample)}

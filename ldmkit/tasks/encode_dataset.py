@@ -1,60 +1,117 @@
-"""``ldmkit encode-dataset``: first-stage posteriors of a dataset -> webdataset latent shards + manifest."""
+"""``ldmkit encode-dataset``: first-stage posteriors of a dataset -> webdataset latent shards + manifest.
+
+Resumable and parallel: see :mod:`ldmkit.data.latent_writer`. ``verify=DIR`` checks an existing output.
+"""
 
 from __future__ import annotations
 
-import torch
+import os
+from pathlib import Path
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
-from torch.utils.data import DataLoader
+from rich.table import Table
 
 from ldmkit import modeldir
-from ldmkit.data.access import EachOnce, first_item, length, write_skips
-from ldmkit.data.latent_shards import encode_fields
-from ldmkit.tasks.common import console, device, run_dir
+from ldmkit.data.access import first_item
+from ldmkit.data.latent_writer import Unit, encode_unit, encode_unit_star, plan, verify
+from ldmkit.errors import UserError
+from ldmkit.tasks.common import console, run_dir
 
 
-def _rows(batch: dict, i: int) -> dict:
-    """The i-th sample of a collated batch."""
-    return {k: v[i] for k, v in batch.items()}
+def _plan_record(cfg: DictConfig, units: list[Unit], ae_meta: dict) -> dict:
+    """What must match for a re-run to continue an earlier one."""
+    return {"shard_size": int(cfg.shard_size), "units": len(units), "first_stage_hash": ae_meta["hash"],
+            "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
 
 
-def run(cfg: DictConfig) -> None:
-    """Encode every sample once (posterior mean and std as fp16) with every conditioning field."""
-    import webdataset as wds
+def _resume_state(out: Path, record: dict) -> dict:
+    """Finished units of an earlier run with the same arguments (empty for a fresh dir)."""
+    if not (out / "manifest.json").is_file():
+        return {}
+    manifest = modeldir.read_json(out / "manifest.json")
+    earlier = manifest.get("plan")
+    if earlier != record:
+        diff = sorted(k for k in record if earlier is None or earlier.get(k) != record[k])
+        raise UserError(f"out={out} holds an encoding made with other arguments ({', '.join(diff) or 'format'} "
+                        "changed): pick another out= or delete it")
+    return dict(manifest.get("units", {}))
 
-    out = run_dir()
-    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
-    ae_meta = modeldir.read_json(ae_dir / "meta.json")
-    dev = device()
-    fs = modeldir.load(ae_dir).to(dev)
-    dataset = instantiate(cfg.dataset)
-    field_names = sorted(set(first_item(dataset)) - {"image"} | {"latent_mean", "latent_std"})
-    loader = DataLoader(EachOnce(dataset), batch_size=cfg.batch_size)
-    count = 0
-    with wds.ShardWriter(str(out / "%06d.tar"), maxcount=cfg.shard_size, verbose=0) as sink, Progress(console=console) as bar:
-        task = bar.add_task("encoding", total=length(dataset))
-        for batch in loader:
-            with torch.no_grad():
-                post = fs.posterior(batch["image"].to(dev))
-            mean, std = post.mean.half().cpu(), post.std.half().cpu()
-            for i in range(mean.shape[0]):
-                fields = encode_fields({"latent_mean": mean[i], "latent_std": std[i], **_rows(batch, i)})
-                sink.write({"__key__": f"{count:08d}", **fields})
-                count += 1
-            bar.advance(task, mean.shape[0])
-    skipped = write_skips(dataset, out)
-    shards = sorted(p.name for p in out.glob("*.tar"))
-    modeldir.write_json(out / "manifest.json", {
+
+def _write_manifest(out: Path, cfg: DictConfig, ae_dir: Path, ae_meta: dict, record: dict, done: dict,
+                    fields: list[str]) -> dict:
+    """manifest.json for the units done so far (status complete when all are)."""
+    complete = len(done) == record["units"]
+    manifest = {
         "format": modeldir.FORMAT,
-        "count": count,
-        "shards": shards,
-        "fields": field_names,
-        **({"skipped_samples": skipped["skipped"]} if skipped else {}),
+        "status": "complete" if complete else "partial",
+        "count": sum(u["count"] for u in done.values()),
+        "shards": sorted(done),
+        "units": {name: done[name] for name in sorted(done)},
+        "skipped_samples": sum(u["skipped"] for u in done.values()),
+        "fields": fields,
         "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},
         "f": ae_meta["f"],
         "latent_shape": ae_meta["latent_shape"],
         "scale_factor": ae_meta["scale_factor"],
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-    })
-    console.print(f"{count} samples in {len(shards)} shard(s) -> {out}")
+        "dataset": record["dataset"],
+        "plan": record,
+    }
+    modeldir.write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path):
+    """Encode the units in this process or in ``workers`` processes; yield each result as it finishes."""
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    workers = int(cfg.workers)
+    if workers <= 1 or len(todo) <= 1:
+        for unit in todo:
+            yield encode_unit(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size)
+        return
+    import torch.multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, threads) for unit in todo]
+    with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+        yield from pool.imap_unordered(encode_unit_star, jobs)
+
+
+def run(cfg: DictConfig) -> None:
+    """Encode every sample once (posterior mean and std as fp16) with every conditioning field."""
+    if cfg.get("verify"):
+        return _print_verify(Path(str(cfg.verify)))
+    if cfg.workers < 1:
+        raise UserError(f"workers={cfg.workers}: need at least 1")
+    out = run_dir()
+    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
+    ae_meta = modeldir.read_json(ae_dir / "meta.json")
+    dataset = instantiate(cfg.dataset)
+    fields = sorted(set(first_item(dataset)) - {"image"} | {"latent_mean", "latent_std"})
+    units = plan(cfg.dataset, dataset, int(cfg.shard_size))
+    record = _plan_record(cfg, units, ae_meta)
+    done = _resume_state(out, record)
+    todo = [u for u in units if u.name not in done]
+    if done:
+        console.print(f"continuing {out}: {len(done)} of {len(units)} shards already encoded")
+    with Progress(console=console) as bar:
+        task = bar.add_task("encoding shards", total=len(units), completed=len(done))
+        for result in _run_units(cfg, ae_dir, todo, out):
+            done[result["name"]] = {k: result[k] for k in ("count", "skipped", "examples")}
+            _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
+            bar.advance(task)
+    manifest = _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
+    skipped = f", {manifest['skipped_samples']} broken skipped" if manifest["skipped_samples"] else ""
+    console.print(f"{manifest['count']} samples in {len(manifest['shards'])} shard(s){skipped} -> {out}")
+
+
+def _print_verify(path: Path) -> None:
+    """``verify=DIR``: check a latent-shard dir and print what was checked."""
+    figures = verify(path)
+    table = Table(title=f"encode-dataset verify {path}")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)

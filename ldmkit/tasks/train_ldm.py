@@ -22,6 +22,9 @@ def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
             raise UserError(f"dataset.resolution={res} is not divisible by the first stage's f={f}")
         return [ae_meta["latent_channels"], res // f, res // f]
     manifest = read_manifest(cfg.dataset.path)
+    if manifest.get("status", "complete") != "complete":
+        raise UserError(f"dataset.path={cfg.dataset.path}: the encoding is incomplete ({len(manifest['shards'])} of "
+                        f"{manifest['plan']['units']} shards): re-run encode-dataset with the same arguments to finish")
     if manifest["first_stage"]["hash"] != ae_meta["hash"]:
         raise UserError(
             f"dataset.path={cfg.dataset.path} was encoded with first stage {manifest['first_stage']['hash']} "
