@@ -24,6 +24,8 @@ def _task_main(task: str, state: dict):
     def _main(cfg) -> None:
         state["started"] = True
         env = dict(os.environ)
+        argv = sys.argv
+        pin_job_argv(state["argv0"], state["command"])
         try:
             module = importlib.import_module(f"ldmkit.tasks.{task}")
             module.run(cfg)
@@ -41,9 +43,24 @@ def _task_main(task: str, state: dict):
                 raise SystemExit(EXIT_USAGE) from None
             raise
         finally:
+            sys.argv = argv
             _reset_between_jobs(env)
 
     return _main
+
+
+def pin_job_argv(argv0: str, command: str) -> None:
+    """Make ``sys.argv`` re-run exactly this job in its own output dir: Lightning's DDP launcher starts the
+    other ranks from ``sys.argv`` and ``hydra.run.dir`` (STACK_NOTES), also for a job of a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    hc = HydraConfig.get()
+    job_dir = hc.runtime.output_dir
+    overrides = [o for o in hc.overrides.task if not o.lstrip("+").startswith("out=")]
+    sys.argv = [argv0, command, *overrides, quote_value("out", job_dir)]
+    with read_write(hc.run):
+        hc.run.dir = job_dir
 
 
 def _reset_between_jobs(env: dict) -> None:
@@ -93,9 +110,9 @@ def quote_paths(args: list[str]) -> list[str]:
 
 def run_task(task: str, command: str, args: list[str]) -> int:
     """Run ``ldmkit <command> <args>`` through Hydra; return the exit code (2 for bad input)."""
-    state = {"started": False}
-    main = _task_main(task, state)
     saved = sys.argv
+    state = {"started": False, "argv0": os.path.abspath(saved[0]) if saved else "ldmkit", "command": command}
+    main = _task_main(task, state)
     sys.argv = [f"ldmkit {command}", *quote_paths(quote_numeric_groups(args))]
     try:
         main()

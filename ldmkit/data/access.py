@@ -68,10 +68,22 @@ def skips_summary(dataset: Any) -> dict | None:
 
 
 def write_skips(dataset: Any, out: Path) -> dict | None:
-    """Write ``skipped.json`` (count + examples) into the run dir when the dataset counts skips."""
+    """Write ``skipped.json`` (count summed over DDP ranks + this rank's examples) into the run dir from rank 0
+    when the dataset counts skips; returns the summary (on every rank)."""
+    import torch
+    import torch.distributed as dist
+
     from ldmkit.modeldir import write_json
 
     summary = skips_summary(dataset)
-    if summary is not None:
-        write_json(out / "skipped.json", summary)
+    if summary is None:
+        return None
+    if dist.is_available() and dist.is_initialized():
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        total = torch.tensor([summary["skipped"]], dtype=torch.int64, device=device)
+        dist.all_reduce(total)  # gloo / nccl: sums the ranks' counts
+        summary["skipped"] = int(total)
+        if dist.get_rank() != 0:
+            return summary
+    write_json(out / "skipped.json", summary)
     return summary

@@ -14,11 +14,19 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
     """A Trainer from ``trainer.*`` keys writing logs to ``run_dir/logs`` and ``run_dir/checkpoints/last.ckpt``."""
     import sys
 
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from ldmkit.errors import UserError
+
     bar = RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50)
-    return pl.Trainer(
-        **trainer_cfg,
-        default_root_dir=str(run_dir),
-        logger=CSVLogger(str(run_dir), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0), bar, *(callbacks or [])],
-        enable_model_summary=False,
-    )
+    try:
+        return pl.Trainer(
+            **trainer_cfg,
+            default_root_dir=str(run_dir),
+            logger=CSVLogger(str(run_dir), name="logs", version=""),
+            callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0), bar,
+                       *(callbacks or [])],
+            enable_model_summary=False,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # a bad trainer.* option
+        raise UserError(f"trainer: {str(exc).splitlines()[0]}") from None
