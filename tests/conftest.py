@@ -29,6 +29,16 @@ def inception_weights(tmp_path_factory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 
 
+@pytest.fixture(scope="session")
+def tiny_ae(tmp_path_factory) -> Path:
+    """A first-stage model dir (kl_f4 on 32 px shapes) from a 2-step train-ae: shared by the CLI tests that only
+    need some first stage to encode with."""
+    out = tmp_path_factory.mktemp("tiny_ae") / "ae"
+    run_cli("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null", "report.images=8",
+            "report.grid=2", "loader.batch_size=4", f"out={out}")
+    return out
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread is fastest, and immune to a busy machine's oversubscription."""

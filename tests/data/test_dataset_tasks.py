@@ -72,10 +72,8 @@ def test_train_ae_encode_and_train_ldm_from_a_folder(data, tmp_path):
     assert json.loads((tmp_path / "ldm" / "meta.json").read_text())["steps"] == 2
 
 
-def test_train_ldm_streams_img2dataset_shards(data, tmp_path):
-    run_cli("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null",
-            "report.images=4", "report.grid=2", "loader.batch_size=4", f"out={tmp_path}/ae")
-    run_cli("train-ldm", f"ae={tmp_path}/ae", "dataset=wds", f"dataset.urls={data}/{{00000..00001}}.tar",
+def test_train_ldm_streams_img2dataset_shards(data, tiny_ae, tmp_path):
+    run_cli("train-ldm", f"ae={tiny_ae}", "dataset=wds", f"dataset.urls={data}/{{00000..00001}}.tar",
             "cond=text", "trainer.max_steps=7", "loader.batch_size=4", f"out={tmp_path}/ldm")
     meta = json.loads((tmp_path / "ldm" / "meta.json").read_text())
     assert meta["steps"] == 7 and meta["cond"] == "TextConditioner"  # > one pass over the 24 good samples

@@ -18,12 +18,9 @@ from ldmkit.data.latent_shards import iterate_shards
 N, SHARD = 480, 16  # 30 shards
 
 
-@pytest.fixture(scope="module")
-def ae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("encode_resume") / "ae"
-    run_cli("train-ae", "trainer.max_steps=1", "loss.perceptual=null", "loss.discriminator=null", "report.images=4",
-            "report.grid=2", "loader.batch_size=4", f"out={out}")
-    return out
+@pytest.fixture
+def ae(tiny_ae):
+    return tiny_ae
 
 
 def _manifest(path):

@@ -249,12 +249,9 @@ def test_training_step_learns_with_concat_conditioning(name):
 # --- through the CLI ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("concat_ae") / "ae"
-    run_cli("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null",
-            "report.images=8", "loader.batch_size=4", f"out={out}")
-    return out
+@pytest.fixture
+def ae_dir(tiny_ae):
+    return tiny_ae
 
 
 @pytest.mark.parametrize("name", ["semantic", "inpaint"])

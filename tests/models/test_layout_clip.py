@@ -249,12 +249,9 @@ def test_clip_ldm_training_step_learns_and_tower_stays_frozen(tiny_clip):
 # ---------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def ae_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ae") / "ae"
-    run_cli("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null",
-            "report.images=8", f"out={out}")
-    return out
+@pytest.fixture
+def ae_dir(tiny_ae):
+    return tiny_ae
 
 
 def test_cli_train_ldm_layout(ae_dir, tmp_path):

@@ -141,13 +141,11 @@ def test_multi_conditioner_inputs_broadcast_and_negative_prompt(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A tiny first stage and one tiny LDM per image-input conditioner (2 training steps each)."""
+def models(tmp_path_factory, tiny_ae):
+    """One tiny LDM per image-input conditioner (2 training steps each) on the session's tiny first stage."""
     root = tmp_path_factory.mktemp("sample_inputs")
-    run_cli("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null",
-            "report.images=8", "loader.batch_size=4", f"out={root}/ae")
     for cond in ("layout", "sr", "inpaint", "semantic_text"):
-        run_cli("train-ldm", f"ae={root}/ae", f"cond={cond}", "trainer.max_steps=2", "loader.batch_size=4",
+        run_cli("train-ldm", f"ae={tiny_ae}", f"cond={cond}", "trainer.max_steps=2", "loader.batch_size=4",
                 "dataset.size=16", "unet.model_channels=32", f"out={root}/{cond}")
     return root
 

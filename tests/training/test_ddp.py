@@ -10,12 +10,9 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def ae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "ae"
-    run_cli("train-ae", "trainer.max_steps=1", "loss.perceptual=null", "loss.discriminator=null", "report.images=4",
-            "report.grid=2", "loader.batch_size=4", f"out={out}")
-    return out
+@pytest.fixture
+def ae(tiny_ae):
+    return tiny_ae
 
 
 def _epochs_by_step(run) -> dict[int, int]:
