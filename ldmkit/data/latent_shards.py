@@ -76,20 +76,25 @@ def latent_shards(path: str, shuffle: int = 1000, seed: int = 0):
     """An endless, shuffled webdataset stream over the shards in ``path`` (DDP- and worker-aware)."""
     import webdataset as wds
 
+    from ldmkit.data.skips import SkipCounter, counting_handler
+
     manifest = read_manifest(path)
     urls = [str(Path(path) / name) for name in manifest["shards"]]
+    skips = SkipCounter()
+    handler = counting_handler(skips)  # broken samples are counted, without webdataset's 0.5 s sleep
     dataset = wds.WebDataset(
         urls,
         resampled=True,
         shardshuffle=False,
         nodesplitter=wds.split_by_node,
         workersplitter=wds.split_by_worker,
-        handler=wds.warn_and_continue,
+        handler=handler,
         empty_check=False,
         seed=seed,
     )
-    dataset = dataset.shuffle(shuffle).map(to_training_sample, handler=wds.warn_and_continue)
-    return dataset.with_epoch(manifest["count"])
+    dataset = dataset.shuffle(shuffle).map(to_training_sample, handler=handler).with_epoch(manifest["count"])
+    dataset.skips = skips
+    return dataset
 
 
 def iterate_shards(path: str | Path) -> Iterator[dict]:
