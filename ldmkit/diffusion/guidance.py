@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner, cat_batch, learned_null
+from ldmkit.models.conditioners import Cond, Conditioner, cat_batch, learned_null
 
 
 def cfg_denoiser(eps_fn: Callable[..., Tensor], scale: float) -> Callable[..., Tensor]:
@@ -32,4 +32,4 @@ def guidance_scale(requested: float | None, cond: Conditioner) -> float:
     guidance) for the rest (unconditional models, and sr / inpaint, trained without a null condition)."""
     if requested is not None:
         return float(requested)
-    return DEFAULT_SCALE if not isinstance(cond, NoConditioner) and learned_null(cond) else 1.0
+    return DEFAULT_SCALE if learned_null(cond) else 1.0

@@ -17,32 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner, resize_to
-
-
-def _keep_mask(n: int, drop_prob: float, generator: torch.Generator | None) -> Tensor:
-    """(n,) bool: True = keep the sample's condition, False = replace it by the null value."""
-    return torch.rand(n, generator=generator) >= drop_prob
+from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, resize_to
 
 
 class _MapConditioner(Conditioner):
-    """Values are one (B, ...) tensor per batch; dropping fills whole samples with ``fill``."""
-
-    fill: float = 0.0
+    """Values are one (B, ...) tensor per batch; dropout (the base class) fills whole samples with the 1x1 null."""
 
     def __init__(self) -> None:
         super().__init__()
         # Parameter-free: this empty, non-persistent buffer follows .to(device) so outputs land on it.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
-
-    def drop(self, values: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Replace each sample's map by the null value (``fill`` everywhere) with prob. ``drop_prob``."""
-        values = torch.as_tensor(values)
-        if self.drop_prob <= 0 or len(values) == 0:
-            return values
-        keep = _keep_mask(len(values), self.drop_prob, generator).to(values.device)
-        keep = keep.view(-1, *([1] * (values.dim() - 1)))
-        return torch.where(keep, values, torch.full_like(values, self.fill))
 
 
 class SemanticConditioner(_MapConditioner):
@@ -52,8 +36,6 @@ class SemanticConditioner(_MapConditioner):
     dataset's ``semantic`` field); -1 is the null label whose one-hot vector is all zero ("no class at all").
     Resizing to the latent by area averaging turns the one-hot channels into per-pixel class fractions.
     """
-
-    fill = -1
 
     def __init__(self, num_classes: int, key: str = "semantic", drop_prob: float = 0.0) -> None:
         super().__init__()
@@ -91,8 +73,6 @@ class SRConditioner(_MapConditioner):
     Values are float (B, 3, h, w) images in [-1, 1] (the shapes dataset's ``lowres`` field); the resize to the
     latent upsamples them bilinearly (or area-averages them when they are larger than the latent).
     """
-
-    fill = 0.0
 
     def __init__(self, key: str = "lowres", channels: int = 3, drop_prob: float = 0.0) -> None:
         super().__init__()
@@ -177,7 +157,7 @@ class InpaintConditioner(Conditioner):
         n = len(values["image"])
         if self.drop_prob <= 0 or n == 0:
             return values
-        dropped = ~_keep_mask(n, self.drop_prob, generator)
+        dropped = ~keep_mask(n, self.drop_prob, generator)
         previous = values.get("null")
         if previous is not None:
             dropped = dropped | torch.as_tensor(previous, dtype=torch.bool).cpu()

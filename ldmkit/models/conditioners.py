@@ -69,6 +69,11 @@ def merge(conds: list[Cond]) -> Cond:
     return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1))
 
 
+def keep_mask(n: int, drop_prob: float, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) bool for conditioning dropout: True = keep the sample's condition, False (prob. ``drop_prob``) = null."""
+    return torch.rand(n, generator=generator) >= drop_prob
+
+
 def num_values(values: Any) -> int:
     """How many samples conditioning values describe (tensors, lists, or dicts of these)."""
     return num_values(next(iter(values.values()))) if isinstance(values, dict) else len(values)
@@ -79,16 +84,6 @@ def take(values: Any, start: int, stop: int) -> Any:
     if isinstance(values, dict):
         return {k: take(v, start, stop) for k, v in values.items()}
     return values[start:stop]
-
-
-def join_values(parts: list[Any]) -> Any:
-    """Concatenate conditioning values of several requests along the batch (tensors, lists or dicts)."""
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: join_values([p[k] for p in parts]) for k in first}
-    if isinstance(first, Tensor):
-        return torch.cat([torch.as_tensor(p) for p in parts])
-    return [v for p in parts for v in p]
 
 
 def repeat_values(values: Any, n: int) -> Any:
@@ -120,14 +115,16 @@ class Conditioner(nn.Module, ABC):
         with it (inpainting) keep a reference that is *not* a registered sub-module."""
 
     def drop(self, values: Any, generator: torch.Generator | None = None) -> Any:
-        """Replace each value by the null value with probability ``drop_prob`` (training-time dropout)."""
+        """Replace each value by the null value with probability ``drop_prob`` (training-time dropout); tensor
+        nulls broadcast over the sample's other dimensions (a 1x1 null map fills a whole map)."""
         n = len(values)
         if self.drop_prob <= 0 or n == 0:
             return values
-        keep = torch.rand(n, generator=generator) >= self.drop_prob
+        keep = keep_mask(n, self.drop_prob, generator)
         null = self.null(n)
         if isinstance(values, Tensor):
-            return torch.where(keep.to(values.device), values, null.to(values.device))
+            keep = keep.to(values.device).view(-1, *([1] * (values.dim() - 1)))
+            return torch.where(keep, values, null.to(values.device))
         return [v if k else u for v, k, u in zip(values, keep.tolist(), null, strict=True)]
 
 

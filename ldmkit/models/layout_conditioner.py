@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner
+from ldmkit.models.conditioners import Cond, Conditioner, keep_mask
 
 
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
@@ -92,7 +92,7 @@ class LayoutConditioner(Conditioner):
         n = len(values)
         if self.drop_prob <= 0 or n == 0:
             return values
-        keep = (torch.rand(n, generator=generator) >= self.drop_prob).to(values.device)
+        keep = keep_mask(n, self.drop_prob, generator).to(values.device)
         null = torch.zeros_like(values)
         null[..., 4] = -1
         return torch.where(keep[:, None, None], values, null)

@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> None:
     uncond = negative_values(ldm.cond, cfg.get("negative_prompt"), total)
     images = generate(ldm, values, total, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size,
                       size=size, uncond=uncond)
-    records = [_record(cfg, i, d) for i, d in enumerate(described)]
+    records = _records(cfg, described)
     for image, record in zip(images, records, strict=True):
         save_png_with_text(image, out / record["file"], record)
     rows = cfg.n if reqs is not None and len(reqs) > 1 and per_request > 1 else math.ceil(math.sqrt(total))
@@ -107,12 +107,12 @@ def sampler_name(cfg: DictConfig) -> str:
     return str(choice or cfg.sampler._target_.rsplit(".", 1)[-1])
 
 
-def _record(cfg: DictConfig, i: int, described: dict) -> dict[str, Any]:
-    """What a sample's PNG text chunks and its samples.jsonl line say."""
+def _records(cfg: DictConfig, described: list[dict]) -> list[dict[str, Any]]:
+    """What each sample's PNG text chunks and its samples.jsonl line say."""
     sampler = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if not k.startswith("_")}
-    return {"file": f"{i:06d}.png", **described, "seed": int(cfg.seed) + i, "sampler": sampler_name(cfg),
-            "steps": sampler.get("steps"), "guidance": float(cfg.guidance),
-            "negative_prompt": cfg.get("negative_prompt"), "sampler_options": sampler}
+    shared = {"sampler": sampler_name(cfg), "steps": sampler.get("steps"), "guidance": float(cfg.guidance),
+              "negative_prompt": cfg.get("negative_prompt"), "sampler_options": sampler}
+    return [{"file": f"{i:06d}.png", **d, "seed": int(cfg.seed) + i, **shared} for i, d in enumerate(described)]
 
 
 def save_png_with_text(image: Tensor, path: Path, record: dict) -> None:

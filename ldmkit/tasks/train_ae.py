@@ -78,9 +78,9 @@ def run(cfg: DictConfig) -> None:
         console.print("first_stage=identity (f=1): nothing to train; writing the pixel-space stage")
     else:
         steps = _train(cfg, ae, dataset, out)
-        if steps < 0:
-            return
-    skipped = write_skips(dataset, out)
+    skipped = write_skips(dataset, out)  # every rank: the counts are summed over DDP ranks
+    if steps < 0:
+        return
     ae = ae.cpu().eval()
     first = torch.stack([item["image"] for item in first_items(dataset, cfg.loader.batch_size)])
     stage = FirstStage(ae, latent_scale(ae, first))
