@@ -68,24 +68,36 @@ def _items(dataset_cfg: dict, unit: Unit) -> tuple[Iterator[tuple[str, dict]], A
     return ((key, item) for key, item in pairs if item is not None), dataset
 
 
-_STAGES: dict[str, Any] = {}
+_MODELS: dict[str, Any] = {}
 
 
-def _first_stage(ae_dir: str, device: torch.device):
-    """The first stage of ``ae_dir`` on ``device``, loaded once per process."""
-    if ae_dir not in _STAGES:
-        _STAGES[ae_dir] = modeldir.load(ae_dir).to(device)
-    return _STAGES[ae_dir]
+def _models(ae_dir: str, cond_cfg: dict | None, device: torch.device) -> tuple[Any, Any]:
+    """The first stage of ``ae_dir`` and the conditioner whose outputs are cached, on ``device``, built once
+    per process (the conditioner is None when nothing is cached)."""
+    key = f"{ae_dir}|{cond_cfg}"
+    if key not in _MODELS:
+        cond = instantiate(OmegaConf.create(cond_cfg)).to(device).eval() if cond_cfg else None
+        _MODELS[key] = (modeldir.load(ae_dir).to(device), cond)
+    return _MODELS[key]
 
 
-def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size: int) -> dict:
+def cache_fields(cond: Any, batch: dict) -> dict[str, torch.Tensor]:
+    """The conditioner's cacheable outputs for a batch (e.g. frozen CLIP text states), on the CPU."""
+    if cond is None:
+        return {}
+    with torch.no_grad():
+        return {k: v.cpu() for k, v in cond.cached_fields(cond.values(batch)).items()}
+
+
+def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size: int,
+                cond_cfg: dict | None = None) -> dict:
     """Encode one unit into ``out/<name>`` (written as ``<name>.tmp``, renamed when complete)."""
     import webdataset as wds
 
     from ldmkit.tasks.common import device
 
     dev = device()
-    stage = _first_stage(ae_dir, dev)
+    stage, cond = _models(ae_dir, cond_cfg, dev)
     pairs, dataset = _items(dataset_cfg, unit)
     final = Path(out) / unit.name
     tmp = final.with_name(final.name + ".tmp")
@@ -97,6 +109,7 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
             with torch.no_grad():
                 post = stage.posterior(batch["image"].to(dev))
             mean, std = post.mean.half().cpu(), post.std.half().cpu()
+            batch.update(cache_fields(cond, batch))
             for i, key in enumerate(keys):
                 row = {k: v[i] for k, v in batch.items()}
                 sink.write({"__key__": key, **encode_fields({"latent_mean": mean[i], "latent_std": std[i], **row})})

@@ -8,14 +8,17 @@ always followed by ``ln_final``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import Cond, Conditioner
+from ldmkit.models.conditioners import Cond, Conditioner, keep_mask
 
 LAYERS = ("last", "penultimate")
 # state-dict prefixes of a whole CLIP (or CustomTextCLIP: "text.") that belong to the text tower we build
@@ -189,8 +192,49 @@ class ClipConditioner(Conditioner):
             x = x.transpose(0, 1)
         return tower.ln_final(x)
 
-    def forward(self, values: list[str]) -> Cond:
-        """Captions -> per-token states (B, L, width) and the real-token mask (B, L)."""
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of what the states depend on: the tower's weights, the layer and the context length."""
+        h = hashlib.sha256(f"{self.layer}/{self.context_length}".encode())
+        for name, tensor in sorted(self.tower.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:10]
+
+    @property
+    def cache_field(self) -> str:
+        """Name of the cached-states field in latent shards (the mask is ``<name>_mask``)."""
+        return f"{self.key}_clip_{self.fingerprint}"
+
+    def cached_fields(self, values: list[str]) -> dict[str, Tensor]:
+        """The captions' states (fp16, as stored) and real-token masks, for ``encode-dataset`` to cache."""
+        cond = self(values)
+        return {self.cache_field: cond.context.half(), f"{self.cache_field}_mask": cond.mask}
+
+    def values(self, batch: dict) -> Any:
+        """Cached states of this very tower (same fingerprint) when the batch has them, else the captions."""
+        field = self.cache_field
+        if field in batch and f"{field}_mask" in batch:
+            dtype = self.tower.token_embedding.weight.dtype
+            return {"states": batch[field].to(dtype), "mask": batch[f"{field}_mask"].bool()}
+        return batch[self.key]
+
+    def drop(self, values: Any, generator: torch.Generator | None = None) -> Any:
+        """Conditioning dropout on captions, or on cached states (dropped rows get the empty caption's)."""
+        if not isinstance(values, dict):
+            return super().drop(values, generator)
+        states, mask = values["states"], values["mask"]
+        if self.drop_prob <= 0 or len(states) == 0:
+            return values
+        keep = keep_mask(len(states), self.drop_prob, generator).to(states.device)
+        null = self(self.null(1))
+        return {"states": torch.where(keep[:, None, None], states, null.context.to(states.dtype)),
+                "mask": torch.where(keep[:, None], mask, null.mask)}
+
+    def forward(self, values: list[str] | dict[str, Tensor]) -> Cond:
+        """Captions (or their cached states) -> per-token states (B, L, width) and the real-token mask (B, L)."""
+        if isinstance(values, dict):
+            return Cond(values["states"], values["mask"])
         if isinstance(values, str):
             values = [values]
         tokens = self.tokenize(values).to(self.tower.token_embedding.weight.device)

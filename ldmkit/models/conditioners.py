@@ -114,6 +114,11 @@ class Conditioner(nn.Module, ABC):
         """Called once by ``LatentDiffusion`` with its (frozen) first stage; conditioners that encode images
         with it (inpainting) keep a reference that is *not* a registered sub-module."""
 
+    def cached_fields(self, values: Any) -> dict[str, Tensor]:
+        """Per-sample tensors ``encode-dataset`` may store so training skips this conditioner's frozen work
+        (the batched values' encodings keyed by field name); nothing for trained conditioners."""
+        return {}
+
     def drop(self, values: Any, generator: torch.Generator | None = None) -> Any:
         """Replace each value by the null value with probability ``drop_prob`` (training-time dropout); tensor
         nulls broadcast over the sample's other dimensions (a 1x1 null map fills a whole map)."""
@@ -240,6 +245,10 @@ class MultiConditioner(Conditioner):
         """Hand the first stage to every part."""
         for part in self.parts.values():
             part.attach(first_stage)
+
+    def cached_fields(self, values: dict[str, Any]) -> dict[str, Tensor]:
+        """Every part's cacheable fields."""
+        return {k: v for name, part in self.parts.items() for k, v in part.cached_fields(values[name]).items()}
 
     def drop(self, values: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """Each part drops its own values with its own rate."""

@@ -23,7 +23,32 @@ from ldmkit.tasks.common import console, run_dir
 def _plan_record(cfg: DictConfig, units: list[Unit], ae_meta: dict) -> dict:
     """What must match for a re-run to continue an earlier one."""
     return {"shard_size": int(cfg.shard_size), "units": len(units), "first_stage_hash": ae_meta["hash"],
-            "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+            "dataset": OmegaConf.to_container(cfg.dataset, resolve=True), "cond": _cond_cfg(cfg)}
+
+
+def _cond_cfg(cfg: DictConfig) -> dict | None:
+    """The conditioner whose outputs are cached (cond=clip), or None (cond=none, the default)."""
+    cond = OmegaConf.to_container(cfg.cond, resolve=True)
+    return None if cond["_target_"].endswith(".NoConditioner") else cond
+
+
+def _cached_field_names(cfg: DictConfig, sample: dict) -> list[str]:
+    """Fields the conditioner adds to every sample (one-line error when the dataset lacks its input)."""
+    from torch.utils.data import default_collate
+
+    cond_cfg = _cond_cfg(cfg)
+    if cond_cfg is None:
+        return []
+    cond = instantiate(OmegaConf.create(cond_cfg))
+    try:
+        values = cond.values(default_collate([sample]))
+    except KeyError as exc:
+        raise UserError(f"cond reads the dataset field {exc.args[0]!r}; the dataset has {sorted(sample)}") from None
+    names = sorted(cond.cached_fields(values))
+    if not names:
+        raise UserError(f"cond={type(cond).__name__} has nothing to cache (only frozen encoders such as "
+                        "cond=clip do): drop the cond= option")
+    return names
 
 
 def _resume_state(out: Path, record: dict) -> dict:
@@ -68,12 +93,12 @@ def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path):
     workers = int(cfg.workers)
     if workers <= 1 or len(todo) <= 1:
         for unit in todo:
-            yield encode_unit(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size)
+            yield encode_unit(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, _cond_cfg(cfg))
         return
     import torch.multiprocessing as mp
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, threads) for unit in todo]
+    jobs = [(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, _cond_cfg(cfg), threads) for unit in todo]
     with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
         yield from pool.imap_unordered(encode_unit_star, jobs)
 
@@ -88,7 +113,8 @@ def run(cfg: DictConfig) -> None:
     ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
     dataset = instantiate(cfg.dataset)
-    fields = sorted(set(first_item(dataset)) - {"image"} | {"latent_mean", "latent_std"})
+    sample = first_item(dataset)
+    fields = sorted(set(sample) - {"image"} | {"latent_mean", "latent_std"} | set(_cached_field_names(cfg, sample)))
     units = plan(cfg.dataset, dataset, int(cfg.shard_size))
     record = _plan_record(cfg, units, ae_meta)
     done = _resume_state(out, record)

@@ -109,6 +109,8 @@ def _check_fields(cond, dataset) -> None:
         cond.values(sample)
     except KeyError as exc:
         raise UserError(f"cond needs the dataset field {exc.args[0]!r}; the dataset has {sorted(sample)}") from None
+    if getattr(cond, "cache_field", None) in sample:
+        console.print(f"text-encoder states: cached in the shards ({cond.cache_field}), not recomputed")
 
 
 def effective_lr(cfg: DictConfig) -> float:

@@ -21,31 +21,7 @@ from ldmkit.training.ldm_module import LDMModule
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random tiny open_clip CLIP (whole model, vision tower too) saved as config JSON + safetensors."""
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
-
-    d = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    model = CLIP(**TINY_CLIP).eval()
-    with torch.no_grad():  # move every weight off its init (LayerNorm 1/0 would hide a missed load)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    (d / "tiny.json").write_text(json.dumps(TINY_CLIP))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "tiny.safetensors"))
-    return model, d / "tiny.json", d / "tiny.safetensors"
 
 
 def reference_states(model, tokens, penultimate: bool):
