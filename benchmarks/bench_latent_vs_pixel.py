@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", default="10,60", help="short,long train-ldm runs")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many measurements per figure")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="latent_vs_pixel_"))
@@ -79,15 +81,20 @@ def main() -> None:
     encode_s = ldmkit("encode-dataset", f"ae={out}/ae", *images, f"out={out}/lat")
     steps = tuple(int(s) for s in args.steps.split(","))
     common = [f"ae={out}/ae", "cond=text", f"loader.batch_size={args.batch}"]
-    from_latents = steps_per_second([*common, "dataset=latents", f"dataset.path={out}/lat"], steps, out / "ldm_lat")
-    from_images = steps_per_second([*common, *images], steps, out / "ldm_img")
+    reps = range(args.repeats)
+    lat = [steps_per_second([*common, "dataset=latents", f"dataset.path={out}/lat"], steps, out / f"ldm_lat{r}")
+           for r in reps]
+    img = [steps_per_second([*common, *images], steps, out / f"ldm_img{r}") for r in reps]
+    from_latents, from_images = statistics.median(lat), statistics.median(img)
+    loaders = {w: statistics.median(loader_throughput(urls, args.source_px, w, 64) for _ in reps)
+               for w in (args.workers, 0)}
     result = {
         "images": args.images, "source_px": args.source_px, "resolution": args.resolution, "batch": args.batch,
-        "encode_dataset_seconds": encode_s,
+        "repeats": args.repeats, "encode_dataset_seconds": encode_s,
         "train_steps_per_s": {"latent_shards": from_latents, "images_on_the_fly": from_images,
-                              "ratio": round(from_latents / from_images, 2), "goal": 3.0},
-        "loader_images_per_s": {f"{args.workers}_workers": loader_throughput(urls, args.source_px, args.workers, 64),
-                                "0_workers": loader_throughput(urls, args.source_px, 0, 64)},
+                              "ratio": round(from_latents / from_images, 2), "goal": 3.0,
+                              "runs": {"latent_shards": lat, "images_on_the_fly": img}},
+        "loader_images_per_s": {f"{w}_workers": v for w, v in loaders.items()},
         "out": str(out),
     }
     print(json.dumps(result, indent=2))

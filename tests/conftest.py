@@ -6,16 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 LDMKIT = Path(sys.executable).with_name("ldmkit")
+CACHE = tempfile.mkdtemp(prefix="ldmkit-test-cache-")  # eval-fid's reference cache: never the user's ~/.cache
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed ``ldmkit`` console script; fail with its output when ``check`` and it exits non-zero."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "HF_HUB_OFFLINE": "1", "LDMKIT_CACHE": CACHE}
     proc = subprocess.run([str(LDMKIT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"ldmkit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

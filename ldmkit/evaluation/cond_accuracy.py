@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldmkit.evaluation.shapes_scorer import accuracy, request_from_caption, request_from_class
+from ldmkit.evaluation.shapes_scorer import (
+    accuracy,
+    fractions,
+    hits,
+    request_from_caption,
+    request_from_class,
+)
 
 
 def requests_for(values: Any) -> list[dict]:
@@ -32,3 +38,21 @@ def single_object_values(cond_kind: str) -> Any:
 def images_accuracy(images: Tensor, values: Any) -> dict[str, float]:
     """Colour / shape / count accuracy of images generated for ``values`` (one image per value)."""
     return accuracy(images, requests_for(values))
+
+
+class AccuracyTally:
+    """Conditional accuracy accumulated batch by batch (eval-fid streams its samples through it)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[bool]] = {"color_acc": [], "shape_acc": [], "count_acc": []}
+        self.n = 0
+
+    def add(self, images: Tensor, values: Any) -> None:
+        """Score one batch of images generated for ``values``."""
+        for key, found in hits(images, requests_for(values)).items():
+            self.outcomes[key].extend(found)
+        self.n += len(images)
+
+    def result(self) -> dict[str, float]:
+        """Accuracy per key so far (``n`` = images scored)."""
+        return fractions(self.outcomes, self.n)

@@ -1,4 +1,5 @@
-"""torch-fidelity glue: FID / KID between two sets of uint8 images, Inception weights from a local file only."""
+"""torch-fidelity glue: Inception weights from a local file only (or a random stand-in for tests), FID / KID of
+image sets in memory."""
 
 from __future__ import annotations
 
@@ -6,28 +7,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ldmkit.errors import UserError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-
-class UInt8Images(Dataset):
-    """A map-style dataset of uint8 (3, H, W) images, the input torch-fidelity expects."""
-
-    def __init__(self, images: Tensor) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        self.images = images
-
-    def __len__(self) -> int:
-        """Number of images."""
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> Tensor:
-        """Image i."""
-        return self.images[i]
 
 
 def hub_inception_path() -> Path:
@@ -81,27 +64,14 @@ def check_weights_file(path: Path) -> None:
 
 
 def fid_kid(generated: Tensor, reference: Tensor, weights: Path, kid_subset_size: int, batch_size: int = 64) -> dict:
-    """FID and KID (mean, std) between uint8 image sets, computed by torch-fidelity's Inception-v3."""
-    import torch_fidelity
+    """FID and KID (mean, std) between uint8 image sets held in memory (see ``features`` for streams)."""
+    from ldmkit.evaluation.features import FeatureSet, InceptionFeatures, compute_metrics
 
-    check_weights_file(weights)
-    subset = max(2, min(kid_subset_size, len(generated), len(reference)))
-    result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(generated),
-        input2=UInt8Images(reference),
-        cuda=torch.cuda.is_available(),
-        fid=True,
-        kid=True,
-        kid_subset_size=subset,
-        kid_subsets=100,
-        feature_extractor_weights_path=str(weights),
-        batch_size=batch_size,
-        cache=False,
-        verbose=False,
-    )
-    return {
-        "fid": float(result["frechet_inception_distance"]),
-        "kid_mean": float(result["kernel_inception_distance_mean"]),
-        "kid_std": float(result["kernel_inception_distance_std"]),
-        "kid_subset_size": subset,
-    }
+    extractor = InceptionFeatures(weights, generated.device)
+    sets = []
+    for images in (generated, reference):
+        features = FeatureSet(extractor)
+        for chunk in images.split(batch_size):
+            features.add(chunk)
+        sets.append(features.tensors())
+    return compute_metrics(sets[0], sets[1], ["fid", "kid"], kid_subset_size)

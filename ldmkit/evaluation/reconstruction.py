@@ -28,6 +28,26 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     return structural_similarity_index_measure((x + 1) / 2, (y + 1) / 2, data_range=1.0)
 
 
+class ReconstructionTally:
+    """PSNR / SSIM / L1 accumulated batch by batch: per-image means, so batching does not change the result."""
+
+    def __init__(self) -> None:
+        self.n, self.psnr, self.ssim, self.l1 = 0, 0.0, 0.0, 0.0
+
+    def add(self, images: Tensor, rec: Tensor) -> None:
+        """One batch of originals and reconstructions in [-1, 1]."""
+        k = len(images)
+        self.n += k
+        self.psnr += float(psnr(images, rec).sum())
+        self.ssim += float(ssim(images, rec)) * k
+        self.l1 += float((images - rec).abs().mean()) * k
+
+    def result(self) -> dict:
+        """Means over all images."""
+        n = max(self.n, 1)
+        return {"images": self.n, "psnr": self.psnr / n, "ssim": self.ssim / n, "l1": self.l1 / n}
+
+
 def reconstruction_metrics(
     images: Tensor, rec: Tensor, inception_weights: Path | None, batch_size: int = 64
 ) -> dict:
@@ -35,12 +55,9 @@ def reconstruction_metrics(
     from ldmkit.evaluation.fid import fid_kid
     from ldmkit.tasks.common import to_uint8
 
-    metrics = {
-        "images": len(images),
-        "psnr": float(psnr(images, rec).mean()),
-        "ssim": float(ssim(images, rec)),
-        "l1": float((images - rec).abs().mean()),
-    }
+    tally = ReconstructionTally()
+    tally.add(images, rec)
+    metrics = tally.result()
     if inception_weights is not None:
         scores = fid_kid(to_uint8(rec), to_uint8(images), inception_weights, 1000, batch_size)
         metrics.update({"rfid": scores["fid"], "rkid": scores["kid_mean"]})

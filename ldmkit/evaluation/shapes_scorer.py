@@ -257,27 +257,37 @@ def score(
     return score_detections(detect(image), color, kind, count)
 
 
-def accuracy(images: Tensor, requests: list[dict], batch_size: int | None = None) -> dict[str, float]:
-    """Fractions of (N, 3, H, W) images meeting their request (dict with optional ``color``, ``kind``,
-    ``count``): ``color_acc``, ``shape_acc`` (the kind in the requested colour, or the kind alone without a
-    colour) and ``count_acc``; each over the requests that set it, present only if some did; ``n`` = number
-    of images. Images are scored ``batch_size`` at a time (default: 64 at 32 x 32, fewer when larger)."""
+def hits(images: Tensor, requests: list[dict], batch_size: int | None = None) -> dict[str, list[bool]]:
+    """Per-request outcomes of (N, 3, H, W) images against their requests (dict with optional ``color``,
+    ``kind``, ``count``): lists ``color_acc``, ``shape_acc`` (the kind in the requested colour, or the kind
+    alone without a colour) and ``count_acc``, each over the requests that set it. Images are scored
+    ``batch_size`` at a time (default: 64 at 32 x 32, fewer when larger)."""
     if len(images) != len(requests):
         raise ValueError(f"{len(images)} images but {len(requests)} requests")
     batch_size = batch_size or max(1, 65536 // (images.shape[-1] * images.shape[-2]))
     dets = [d for chunk in images.split(batch_size) for d in detect_batch(chunk)] if len(images) else []
-    hits: dict[str, list[bool]] = {"color_acc": [], "shape_acc": [], "count_acc": []}
+    out: dict[str, list[bool]] = {"color_acc": [], "shape_acc": [], "count_acc": []}
     for det, req in zip(dets, requests, strict=True):
         s = score_detections(det, req.get("color"), req.get("kind"), req.get("count"))
         if "color" in s:
-            hits["color_acc"].append(s["color"])
+            out["color_acc"].append(s["color"])
         if "kind" in s:
-            hits["shape_acc"].append(s.get("color_kind", s["kind"]))
+            out["shape_acc"].append(s.get("color_kind", s["kind"]))
         if "count" in s:
-            hits["count_acc"].append(s["count"])
-    out = {k: sum(v) / len(v) for k, v in hits.items() if v}
-    out["n"] = float(len(requests))
+            out["count_acc"].append(s["count"])
     return out
+
+
+def fractions(outcomes: dict[str, list[bool]], n: int) -> dict[str, float]:
+    """Accuracy per key (present only if some request set it) and ``n`` = the number of images."""
+    out = {k: sum(v) / len(v) for k, v in outcomes.items() if v}
+    out["n"] = float(n)
+    return out
+
+
+def accuracy(images: Tensor, requests: list[dict], batch_size: int | None = None) -> dict[str, float]:
+    """Fractions of images meeting their request (see :func:`hits`); ``n`` = number of images."""
+    return fractions(hits(images, requests, batch_size), len(requests))
 
 
 def request_from_class(class_label: int) -> dict:

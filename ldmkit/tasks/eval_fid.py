@@ -1,110 +1,248 @@
-"""``ldmkit eval-fid``: FID / KID of an LDM's samples (or an image folder) against the dataset; rFID of an AE."""
+"""``ldmkit eval-fid``: FID / IS / KID / precision-recall of an LDM's samples (conditions drawn from the reference
+set), of an image folder, or of a first stage's reconstructions (rFID), against a dataset or an image folder.
+
+Everything streams: samples are generated, scored and dropped batch by batch (only Inception features are
+kept), and reference features are cached under a content hash (see :mod:`ldmkit.evaluation.features`).
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from itertools import islice, tee
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.table import Table
+from torch.utils.data import default_collate
 
 from ldmkit import modeldir
-from ldmkit.data.access import first_items
+from ldmkit.data.access import EachOnce
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
-from ldmkit.evaluation.fid import fid_kid, find_inception_weights
-from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
+from ldmkit.evaluation.features import (
+    EXTRACTOR,
+    FeatureSet,
+    InceptionFeatures,
+    check_metrics,
+    compute_metrics,
+    content_hash,
+    load_cached,
+    save_cached,
+)
+from ldmkit.evaluation.fid import find_inception_weights
+from ldmkit.models.conditioners import NoConditioner
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
-from ldmkit.tasks.generation import generate, reference_conditions
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+from ldmkit.tasks.generation import generate_stream, source_dataset_cfg
 
 
-def load_folder(path: Path, n: int) -> tuple[torch.Tensor, int]:
-    """Up to ``n`` RGB images of one size from a folder as uint8 (N, 3, H, W); unreadable files are skipped."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def folder_dataset(path: str, option: str):
+    """All images of a folder (no val split), centre-cropped to the shorter side of its first image."""
+    from PIL import Image
 
-    if not path.is_dir():
-        raise UserError(f"images={path} is not a folder")
-    images, skipped = [], 0
-    for file in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        try:
-            with Image.open(file) as im:
-                images.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1))
-        except (OSError, UnidentifiedImageError):
-            skipped += 1
-        if len(images) == n:
+    from ldmkit.data.folder import ImageFolderDataset, scan_images
+
+    root = Path(path).expanduser()
+    files = scan_images(root) if root.is_dir() else []
+    if not files:
+        raise UserError(f"{option}={path}: not a folder with images")
+    try:
+        with Image.open(root / files[0]) as im:
+            resolution = min(im.size)
+    except OSError as exc:
+        raise UserError(f"{option}={path}: cannot read {files[0]} ({exc})") from None
+    return ImageFolderDataset(root, resolution=resolution, crop="center", split="train", val_fraction=0.0)
+
+
+def reference_dataset(cfg: DictConfig, model_dir: Path | None):
+    """The reference set: reference=DIR, else dataset=..., else the model's own dataset (the ``split`` split)."""
+    if cfg.reference:
+        return folder_dataset(cfg.reference, "reference")
+    if cfg.get("dataset") is not None:
+        return instantiate(cfg.dataset, split=cfg.split)
+    if model_dir is None:
+        raise UserError("images=DIR needs something to compare with: reference=DIR or dataset=...")
+    return instantiate(source_dataset_cfg(model_dir), split=cfg.split)
+
+
+def batches(items: Iterator[dict], batch_size: int) -> Iterator[dict]:
+    """Collated batches of the items."""
+    while chunk := list(islice(items, batch_size)):
+        yield default_collate(chunk)
+
+
+def cycled(dataset, n: int) -> Iterator[dict]:
+    """``n`` readable items of the dataset, starting again from the first when it runs out."""
+    given = 0
+    while given < n:
+        before = given
+        for item in islice(EachOnce(dataset), n - given):
+            given += 1
+            yield item
+        if given == before:
+            raise UserError("the reference set has no readable images")
+
+
+def reference_features(cfg: DictConfig, dataset, n: int, extractor, weights: Path | None) -> tuple[dict | None, dict]:
+    """Features of the first ``n`` reference images, from the content-hashed cache when it has them."""
+    images = (to_uint8(b["image"]) for b in batches(islice(EachOnce(dataset), n), cfg.batch_size))
+    salt = f"{EXTRACTOR}|{modeldir.file_hash(weights) if weights else 'none'}|{n}"
+    digest, count = content_hash(images, salt)
+    info = {"reference": count, "reference_hash": digest}
+    if count < 2:
+        raise UserError(f"the reference set has {count} readable image(s), need at least 2")
+    if extractor is None:
+        return None, info
+    path = Path(str(cfg.cache_dir)).expanduser() / f"reference-{digest}.safetensors"
+    cached = load_cached(path)
+    if cached is not None:
+        return cached, {**info, "reference_cache": "hit"}
+    features = FeatureSet(extractor)
+    for batch in batches(islice(EachOnce(dataset), n), cfg.batch_size):
+        features.add(to_uint8(batch["image"]))
+    save_cached(path, features.tensors())
+    return features.tensors(), {**info, "reference_cache": "miss", "reference_cache_file": str(path)}
+
+
+def _sample_stream(cfg: DictConfig, ldm, dataset, n: int) -> Iterator[tuple[torch.Tensor, Any]]:
+    """(images in [-1, 1], their conditioning values) batch by batch, conditions drawn from the reference set."""
+    conditional = not isinstance(ldm.cond, NoConditioner)
+    chunks = ((ldm.cond.values(b) if conditional else None, None, len(b["image"]))
+              for b in batches(cycled(dataset, n), cfg.batch_size))
+    feed, seen = tee(chunks)
+    guidance = guidance_scale(cfg.guidance, ldm.cond)
+    stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance, cfg.seed)
+    for images, (values, _, _) in zip(stream, seen, strict=True):
+        yield images, values
+
+
+def _accuracy_tally(dataset, values: Any):
+    """A conditional-accuracy tally when the reference set is ``shapes`` and values are labels or captions."""
+    from ldmkit.data.shapes import ShapesDataset
+    from ldmkit.evaluation.cond_accuracy import AccuracyTally, requests_for
+
+    if not isinstance(dataset, ShapesDataset) or values is None:
+        return None
+    try:
+        requests_for(values)
+    except ValueError:
+        return None
+    return AccuracyTally()
+
+
+def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> dict:
+    """Sample ``n`` images from ckpt= with reference conditions into ``generated``; conditional accuracy."""
+    ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
+    ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
+    dataset = reference_dataset(cfg, ckpt)
+    tally, first, seconds = None, True, 0.0
+    stream = _sample_stream(cfg, ldm, dataset, n)
+    while True:
+        start = time.perf_counter()
+        images, values = next(stream, (None, None))
+        seconds += time.perf_counter() - start
+        if images is None:
             break
-    if len(images) < 2:
-        raise UserError(f"images={path}: found {len(images)} readable images, need at least 2")
-    if len({tuple(im.shape) for im in images}) > 1:
-        raise UserError(f"images={path}: images differ in size; resize them to one size first")
-    return torch.stack(images), skipped
+        if first:
+            tally, first = _accuracy_tally(dataset, values), False
+            save_grid(images[:64], out / "samples_grid.png")
+        _keep(cfg, images, generated.count, out)
+        generated.add(to_uint8(images))
+        if tally is not None:
+            tally.add(images, values)
+    info = {"ckpt": str(ckpt.resolve()), "steps": modeldir.read_json(ckpt / "meta.json").get("steps"),
+            "guidance": guidance_scale(cfg.guidance, ldm.cond), "sampler": dict(cfg.sampler),
+            "sampling_samples_per_s": round(generated.count / max(seconds, 1e-9), 3)}
+    if tally is not None:
+        info.update({k: v for k, v in tally.result().items() if k != "n"})
+    return {"dataset": dataset, **info}
+
+
+def _evaluate_ae(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> dict:
+    """Reconstruct ``n`` reference images with ae= into ``generated``; PSNR / SSIM / L1."""
+    from ldmkit.evaluation.reconstruction import ReconstructionTally
+
+    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
+    stage = modeldir.load(ae_dir).to(device())
+    dataset = reference_dataset(cfg, ae_dir)
+    tally = ReconstructionTally()
+    for batch in batches(islice(EachOnce(dataset), n), cfg.batch_size):
+        images = batch["image"]
+        with torch.no_grad():
+            rec = stage.decode(stage.encode(images.to(device()))).clamp(-1, 1).cpu()
+        if tally.n == 0:
+            k = min(8, len(images))
+            save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)
+        _keep(cfg, rec, generated.count, out)
+        tally.add(images, rec)
+        generated.add(to_uint8(rec))
+    return {"dataset": dataset, "ae": str(ae_dir.resolve()), **tally.result()}
+
+
+def _evaluate_folder(cfg: DictConfig, n: int, generated: FeatureSet) -> dict:
+    """Read up to ``n`` images of images= into ``generated``."""
+    folder = folder_dataset(cfg.images, "images")
+    for batch in batches(islice(EachOnce(folder), n), cfg.batch_size):
+        generated.add(to_uint8(batch["image"]))
+    return {"dataset": reference_dataset(cfg, None), "images": str(Path(cfg.images).resolve()),
+            "skipped_unreadable": folder.skips.summary()["skipped"]}
+
+
+def _keep(cfg: DictConfig, images: torch.Tensor, start: int, out: Path) -> None:
+    """save_samples=true: write the batch as PNGs numbered from ``start``."""
+    if cfg.save_samples:
+        (out / "samples").mkdir(exist_ok=True)
+        for i, image in enumerate(images):
+            save_png(image, out / "samples" / f"{start + i:06d}.png")
 
 
 def run(cfg: DictConfig) -> None:
-    """Generate (or read) ``samples`` images, compare with as many dataset images, write metrics.json."""
+    """Stream ``samples`` images through Inception, compare with as many reference images, write metrics.json."""
     out = run_dir()
     n = int(cfg.samples)
     if n < 2:
         raise UserError(f"--samples {n}: need at least 2")
+    metrics_wanted = check_metrics(cfg.metrics)
     weights, reason = find_inception_weights(cfg.inception_weights)
     if weights is None and cfg.on_missing_weights != "skip":
         raise UserError(reason)
+    extractor = InceptionFeatures(weights, device()) if weights is not None else None
+    generated = FeatureSet(extractor)
     if cfg.ae:
-        return _eval_first_stage(cfg, n, weights, reason, out)
-    if cfg.images:
-        generated, skipped = load_folder(Path(cfg.images), n)
-        source = {"images": str(Path(cfg.images).resolve()), "skipped_unreadable": skipped}
+        info = _evaluate_ae(cfg, n, generated, out)
+    elif cfg.images:
+        info = _evaluate_folder(cfg, n, generated)
     else:
-        ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
-        ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
-        values = reference_conditions(ldm, ckpt, n)
-        guidance = guidance_scale(cfg.guidance, ldm.cond)
-        images = generate(ldm, values, n, instantiate(cfg.sampler), guidance, cfg.seed, cfg.batch_size)
-        (out / "samples").mkdir(exist_ok=True)
-        for i, image in enumerate(images):
-            save_png(image, out / "samples" / f"{i:06d}.png")
-        generated = to_uint8(images)
-        source = {"ckpt": str(ckpt.resolve()), "guidance": guidance, "sampler": dict(cfg.sampler)}
-    reference = to_uint8(torch.stack([x["image"] for x in first_items(instantiate(cfg.dataset, size=n), n)]))
-    metrics = {"samples": len(generated), "reference": len(reference), **source}
-    if weights is None:
-        console.print(f"skipped FID/KID: {reason}")
-        metrics.update({"fid": None, "kid_mean": None, "kid_std": None, "skipped": reason})
+        info = _evaluate_ldm(cfg, n, generated, out)
+    ref, ref_info = reference_features(cfg, info.pop("dataset"), n, extractor, weights)
+    metrics = {"samples": generated.count, **ref_info, **info}
+    if extractor is None:
+        console.print(f"skipped Inception metrics: {reason}")
+        metrics["skipped"] = reason
     else:
-        metrics.update(fid_kid(generated, reference, weights, cfg.kid_subset_size, cfg.batch_size))
-        metrics["inception_weights"] = str(weights)
+        scores = compute_metrics(generated.tensors(), ref, metrics_wanted, cfg.kid_subset_size, cfg.seed)
+        if cfg.ae:  # reconstruction FID / KID (paper Table 8)
+            names = {"fid": "rfid", "kid_mean": "rkid", "kid_std": "rkid_std"}
+            scores = {names.get(k, k): v for k, v in scores.items()}
+        metrics.update({**scores, "inception_weights": str(weights)})
     modeldir.write_json(out / "metrics.json", metrics)
-    _print_table(metrics)
+    _print_table(metrics, out)
 
 
-def _eval_first_stage(cfg: DictConfig, n: int, weights: Path | None, reason: str, out: Path) -> None:
-    """Reconstruction metrics of a first stage (ae=DIR) on ``n`` dataset images: PSNR, SSIM, L1, rFID."""
-    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
-    stage = modeldir.load(ae_dir).to(device())
-    images = torch.stack([x["image"] for x in first_items(instantiate(cfg.dataset, size=n), n)])
-    rec = reconstruct(stage, images, cfg.batch_size)
-    k = min(8, n)
-    save_grid(torch.cat([images[:k], rec[:k]]), out / "reconstructions.png", nrow=k)
-    metrics = {"ae": str(ae_dir.resolve()), **reconstruction_metrics(images, rec, weights, cfg.batch_size)}
-    if weights is None:
-        console.print(f"skipped rFID: {reason}")
-        metrics.update({"rfid": None, "skipped": reason})
-    else:
-        metrics["inception_weights"] = str(weights)
-    modeldir.write_json(out / "metrics.json", metrics)
-    _print_table(metrics, ("rfid", "rkid", "psnr", "ssim", "l1", "images"))
+SHOWN = ("fid", "rfid", "isc_mean", "kid_mean", "rkid", "precision", "recall", "color_acc", "shape_acc",
+         "count_acc", "psnr", "ssim", "l1", "samples", "reference", "reference_cache")
 
 
-def _print_table(metrics: dict, keys: tuple = ("fid", "kid_mean", "kid_std", "samples", "reference")) -> None:
-    """A rich table of the numeric metrics."""
-    table = Table(title="eval-fid")
+def _print_table(metrics: dict, out: Path) -> None:
+    """A rich table of the metrics that were computed."""
+    table = Table(title=f"eval-fid -> {out / 'metrics.json'}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in keys:
-        value = metrics.get(key)
-        table.add_row(key, "skipped" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
+    for key in SHOWN:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,32 @@ def reference_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:
     return reference_values(source_dataset_cfg(model_dir), ldm.cond, n)
 
 
+def generate_stream(
+    ldm: LatentDiffusion,
+    chunks: Iterable[tuple[Any, Any, int]],
+    total: int,
+    sampler: Any,
+    guidance: float,
+    seed: int,
+    size: tuple[int, int] | None = None,
+) -> Iterator[Tensor]:
+    """Images in [-1, 1] (on CPU) batch by batch for (values, uncond, count) chunks, with rich progress over
+    batches and steps; the i-th image overall uses seed + i, whatever the batching."""
+    done = 0
+    with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console, transient=True) as bar:
+        batches = bar.add_task("images", total=total)
+        steps = bar.add_task("steps", total=None)
+        for values, negative, count in chunks:
+            generators = [torch.Generator().manual_seed(seed + i) for i in range(done, done + count)]
+            bar.reset(steps)
+            x = ldm.sample(values, n=count, sampler=sampler, guidance=guidance, generator=generators,
+                           size=size, uncond_values=negative,
+                           callback=lambda info: bar.update(steps, completed=info["i"] + 1, total=info["total"]))
+            done += count
+            bar.advance(batches, count)
+            yield x.cpu()
+
+
 def generate(
     ldm: LatentDiffusion,
     values: Any,
@@ -58,21 +85,10 @@ def generate(
     size: tuple[int, int] | None = None,
     uncond: Any = None,
 ) -> Tensor:
-    """``n`` images in [-1, 1] (on CPU) in batches, with rich progress over batches and steps; sample i uses
-    seed + i. ``size`` is the latent (h, w); ``uncond`` replaces the null condition (a negative prompt)."""
-    images = []
-    with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console, transient=True) as bar:
-        batches = bar.add_task("batches", total=-(-n // batch_size))
-        steps = bar.add_task("steps", total=None)
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            chunk = None if values is None else take(values, start, stop)
-            negative = None if uncond is None else take(uncond, start, stop)
-            generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]  # seed + i per sample
-            bar.reset(steps)
-            x = ldm.sample(chunk, n=stop - start, sampler=sampler, guidance=guidance, generator=generators,
-                           size=size, uncond_values=negative,
-                           callback=lambda info: bar.update(steps, completed=info["i"] + 1, total=info["total"]))
-            images.append(x.cpu())
-            bar.advance(batches)
-    return torch.cat(images)
+    """``n`` images in [-1, 1] (on CPU) for ``values`` (all n at once; None = unconditional) in batches of
+    ``batch_size``; sample i uses seed + i. ``size`` is the latent (h, w); ``uncond`` replaces the null
+    condition (a negative prompt)."""
+    chunks = ((None if values is None else take(values, a, min(n, a + batch_size)),
+               None if uncond is None else take(uncond, a, min(n, a + batch_size)),
+               min(n, a + batch_size) - a) for a in range(0, n, batch_size))
+    return torch.cat(list(generate_stream(ldm, chunks, n, sampler, guidance, seed, size)))

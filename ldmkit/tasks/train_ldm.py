@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> None:
     """Train and write the LDM model dir (config, model/ema weights, meta, first_stage/ copy)."""
     import pytorch_lightning as pl
 
+    from ldmkit.training.callbacks import Snapshots, Throughput
     from ldmkit.training.ldm_module import LDMModule
     from ldmkit.training.trainer import make_trainer
 
@@ -76,29 +77,26 @@ def run(cfg: DictConfig) -> None:
     iterable = isinstance(dataset, IterableDataset)
     loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not iterable, drop_last=True,
                         num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
-    trainer = make_trainer(dict(cfg.trainer), out)
+    meta = {"kind": "ldm", "prediction": cfg.objective.prediction, "lr": lr, "cond": type(cond).__name__,
+            "cond_key": cond.key, "latent_shape": latent_shape, "f": ae_meta["f"],
+            "params": sum(p.numel() for p in ldm.trainable().parameters()), "scale_factor": ae_meta["scale_factor"],
+            "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]}}
+
+    def write(where, steps: int, extra: dict | None = None) -> dict:
+        """A model dir (config, weights, EMA, meta, first_stage/ copy) of the current weights."""
+        modeldir.copy(ae_dir, where / "first_stage")
+        weights = {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()}
+        return modeldir.save(where, cfg, weights, {**meta, "steps": steps, **(extra or {})})
+
+    throughput = Throughput(cfg.loader.batch_size)
+    snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))
+    trainer = make_trainer(dict(cfg.trainer), out, callbacks=[throughput, snapshots])
     trainer.fit(module, loader)
     skipped = write_skips(dataset, out)
     if not trainer.is_global_zero:
         return
-    modeldir.copy(ae_dir, out / "first_stage")
-    meta = modeldir.save(
-        out, cfg,
-        {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()},
-        {
-            "kind": "ldm",
-            "prediction": cfg.objective.prediction,
-            "lr": lr,
-            "cond": type(cond).__name__,
-            "cond_key": cond.key,
-            "latent_shape": latent_shape,
-            "f": ae_meta["f"],
-            "scale_factor": ae_meta["scale_factor"],
-            "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]},
-            "steps": trainer.global_step,
-            **({"skipped_samples": skipped["skipped"]} if skipped else {}),
-        },
-    )
+    speed = {"train_samples_per_s": round(throughput.samples_per_s, 3)} if throughput.samples_per_s else {}
+    meta = write(out, trainer.global_step, {**speed, **({"skipped_samples": skipped["skipped"]} if skipped else {})})
     console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
 
 

@@ -31,7 +31,7 @@ def runs(tmp_path_factory, inception_weights):
     run_cli("sample", f"ckpt={d}/ldm", "prompt=a red circle", "n=4", "sampler.steps=10", "guidance=3", "seed=0",
             f"out={d}/s")
     run_cli("eval-fid", f"ckpt={d}/ldm", "--samples", "64", f"inception_weights={inception_weights}",
-            "sampler.steps=5", f"out={d}/e")
+            "sampler.steps=5", "save_samples=true", f"out={d}/e")
     run_cli("eval-fid", f"ae={d}/ae", "--samples", "32", f"inception_weights={inception_weights}", f"out={d}/e_ae")
     run_cli("train-ldm", "-m", f"ae={d}/ae", "cond=none,class", "trainer.max_steps=5", f"out={d}/sweep")
     return d
@@ -132,6 +132,9 @@ def test_eval_fid_metrics(runs):
     assert metrics["samples"] == 64 and metrics["reference"] == 64
     assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
     assert math.isfinite(metrics["kid_mean"]) and metrics["kid_subset_size"] == 64
+    assert metrics["isc_mean"] >= 1 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    # the text model on shapes: conditions are the reference captions, scored by the shapes scorer
+    assert 0 <= metrics["color_acc"] <= 1 and 0 <= metrics["shape_acc"] <= 1
     assert len(list((runs / "e" / "samples").glob("*.png"))) == 64
 
 
