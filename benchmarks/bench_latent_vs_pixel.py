@@ -70,13 +70,15 @@ def main() -> None:
     parser.add_argument("--steps", default="10,60", help="short,long train-ldm runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="median of this many measurements per figure")
+    parser.add_argument("--ae-overrides", default="", help="first-stage overrides, e.g. the CompVis kl-f4 size: "
+                        "'first_stage.ch=128 first_stage.num_res_blocks=2'")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="latent_vs_pixel_"))
     (out / "jpg").mkdir(parents=True, exist_ok=True)
     urls = write_jpeg_shards(out / "jpg", args.images, args.source_px, per_shard=256)
     images = ["dataset=wds", f"dataset.urls={urls}", f"dataset.resolution={args.resolution}"]
-    ldmkit("train-ae", *images, "trainer.max_steps=1", "loss.perceptual=null", "loss.discriminator=null",
+    ldmkit("train-ae", *images, *args.ae_overrides.split(), "trainer.max_steps=1", "loss.perceptual=null", "loss.discriminator=null",
            "report.images=8", "report.grid=2", f"out={out}/ae")
     encode_s = ldmkit("encode-dataset", f"ae={out}/ae", *images, f"out={out}/lat")
     steps = tuple(int(s) for s in args.steps.split(","))
@@ -90,7 +92,7 @@ def main() -> None:
                for w in (args.workers, 0)}
     result = {
         "images": args.images, "source_px": args.source_px, "resolution": args.resolution, "batch": args.batch,
-        "repeats": args.repeats, "encode_dataset_seconds": encode_s,
+        "repeats": args.repeats, "ae_overrides": args.ae_overrides, "encode_dataset_seconds": encode_s,
         "train_steps_per_s": {"latent_shards": from_latents, "images_on_the_fly": from_images,
                               "ratio": round(from_latents / from_images, 2), "goal": 3.0,
                               "runs": {"latent_shards": lat, "images_on_the_fly": img}},

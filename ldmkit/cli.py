@@ -64,6 +64,23 @@ def eval_fid(
     _forward("eval_fid", "eval-fid", [*ctx.args, *extra])
 
 
+@app.command("f-study", context_settings=FORWARD)
+def f_study(ctx: typer.Context) -> None:
+    """The paper's f study: per f train-ae, encode-dataset, train-ldm, eval-fid (run as `-m f=1,2,4,8,16`)."""
+    _forward("f_study", "f-study", ctx.args)
+
+
+@app.command("report", context_settings=FORWARD)
+def report(
+    ctx: typer.Context,
+    directory: Optional[str] = typer.Argument(None, metavar="DIR", help="An f-study out= dir."),  # noqa: UP045
+) -> None:
+    """Collect an f-study's jobs into DIR/report.md with the quality-vs-steps and quality-vs-throughput plots."""
+    from ldmkit.runner import quote_value
+
+    _forward("report", "report", [*([quote_value("dir", directory)] if directory else []), *ctx.args])
+
+
 @app.command("import-compvis", context_settings=FORWARD)
 def import_compvis(
     ctx: typer.Context,

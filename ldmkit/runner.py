@@ -88,7 +88,8 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
 # Options whose values are paths or URLs: quoted for Hydra when they hold characters its grammar would read
 # (braces of shard patterns '{00000..00099}', spaces, commas, '=', ...), unless the user quoted them already.
 PATH_KEYS = ("dataset.urls", "dataset.val_urls", "dataset.path", "ae", "ckpt", "out", "config", "prompts_file",
-             "layout", "image", "mask", "semantic", "images", "inception_weights")
+             "layout", "image", "mask", "semantic", "images", "inception_weights", "reference", "cache_dir", "dir",
+             "verify")
 _PLAIN = re.compile(r"[\w/.+\-:@%]+", flags=re.ASCII)
 
 

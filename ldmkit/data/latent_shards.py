@@ -77,6 +77,7 @@ def latent_shards(path: str, shuffle: int = 1000, seed: int = 0):
     import webdataset as wds
 
     from ldmkit.data.skips import SkipCounter, counting_handler
+    from ldmkit.data.wds import SeededShuffle
 
     manifest = read_manifest(path)
     urls = [str(Path(path) / name) for name in manifest["shards"]]
@@ -92,7 +93,9 @@ def latent_shards(path: str, shuffle: int = 1000, seed: int = 0):
         empty_check=False,
         seed=seed,
     )
-    dataset = dataset.shuffle(shuffle).map(to_training_sample, handler=handler).with_epoch(manifest["count"])
+    if shuffle:
+        dataset = dataset.compose(SeededShuffle(shuffle, seed))
+    dataset = dataset.map(to_training_sample, handler=handler).with_epoch(manifest["count"])
     dataset.skips = skips
     return dataset
 

@@ -161,6 +161,26 @@ def _check(split: str, shuffle: int, epoch_size: int | None, size: int | None) -
             raise UserError(f"dataset.{name}={value} must be >= 0")
 
 
+class SeededShuffle:
+    """webdataset's buffer shuffle with an rng seeded by (seed, rank, worker, pass): runs are reproducible, every
+    worker draws differently, and each pass over the data in a process gets a new order."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.passes = bufsize, seed, 0
+
+    def __call__(self, data: Iterator) -> Iterator:
+        """Shuffle one pass of the stream."""
+        import random
+
+        from webdataset.filters import _shuffle
+        from webdataset.utils import pytorch_worker_info
+
+        rank, _, worker, _ = pytorch_worker_info()
+        rng = random.Random(f"{self.seed}/{rank}/{worker}/{self.passes}")
+        self.passes += 1
+        yield from _shuffle(data, self.bufsize, rng=rng)
+
+
 def wds_dataset(
     urls: str | list[str],
     resolution: int = 256,
@@ -207,8 +227,8 @@ def wds_dataset(
     )
     if train and epoch_size is not None and not resampled and size is None:
         dataset.repetitions = sys.maxsize  # loop over this rank's shards until the epoch is full
-    if train:
-        dataset = dataset.shuffle(shuffle or 0)
+    if train and shuffle:
+        dataset = dataset.compose(SeededShuffle(shuffle, seed))
     dataset = dataset.map(ToItem(transform), handler=handler)
     dataset.limit, dataset.skips = limit, skips
     return dataset

@@ -299,6 +299,22 @@ def test_wds_dataloader_workers_share_the_skip_count(shards):
     assert sorted(keys) == sorted(GOOD_KEYS) and ds.skips.count == 2
 
 
+def test_wds_sample_shuffle_is_seeded(shards):
+    urls = f"{shards}/{{00000..00001}}.tar"
+
+    def order(ds):
+        return [it["key"] for it in ds]
+
+    first = wds_dataset(urls, resolution=R, shuffle=8, shuffle_shards=False, seed=3)
+    again = wds_dataset(urls, resolution=R, shuffle=8, shuffle_shards=False, seed=3)
+    a = order(first)
+    assert sorted(a) == sorted(GOOD_KEYS) and a == order(again)  # the same seed: the same order
+    assert a != sorted(GOOD_KEYS)  # shuffled at all
+    others = [order(wds_dataset(urls, resolution=R, shuffle=8, shuffle_shards=False, seed=s)) for s in range(4, 8)]
+    assert any(o != a for o in others)  # another seed: another order
+    assert any(order(first) != a for _ in range(4))  # a later pass of the same dataset: a new order
+
+
 def test_wds_epochs_sizes_and_val(shards):
     urls = f"{shards}/{{00000..00001}}.tar"
     locked = wds_dataset(urls, resolution=R, resampled=True, epoch_size=7)
