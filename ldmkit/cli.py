@@ -59,7 +59,8 @@ def eval_fid(
     ctx: typer.Context,
     samples: Optional[int] = typer.Option(None, "--samples", help="Number of images to generate/compare."),  # noqa: UP045
 ) -> None:
-    """FID/KID of an LDM's samples (ckpt=DIR) or an image folder vs the dataset; rFID/PSNR/SSIM of a first stage (ae=DIR)."""
+    """FID/IS/KID/precision-recall of an LDM's samples (ckpt=DIR) or a folder (images=DIR) vs a reference set;
+    rFID/PSNR/SSIM of a first stage (ae=DIR)."""
     extra = [f"samples={samples}"] if samples is not None else []
     _forward("eval_fid", "eval-fid", [*ctx.args, *extra])
 

@@ -74,12 +74,16 @@ def plots(results: list[dict], out: Path) -> list[Path]:
          "sampling throughput (samples/s)"),
     ):
         fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
-        for ax, (key, label, _) in zip(axes[0], shown, strict=True):
+        for ax, (key, label, higher_better) in zip(axes[0], shown, strict=True):
+            values = []
             for r in results:
                 pts = [(x_of(c), c[key]) for c in r[points] if key in c and x_of(c) is not None]
                 if pts:
                     xs, ys = zip(*sorted(pts), strict=True)
                     ax.plot(xs, ys, marker="o", label=f"LDM-{r['f']}")
+                    values += ys
+            if not higher_better and values and min(values) > 0:
+                ax.set_yscale("log")  # distances span orders of magnitude across f
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)
             if points == "throughput":
