@@ -23,6 +23,21 @@ EXTRACTOR = "inception-v3-compat"
 POOL, LOGITS = "2048", "logits_unbiased"
 
 
+def bound_heap_growth(threshold: int = 128 * 1024) -> bool:
+    """Pin glibc's mmap threshold so big freed buffers go back to the OS: Inception's large activations
+    interleaved with sampling otherwise fragment the heap and peak RSS grows with the number of batches
+    (measured: +1 GiB from 200 to 800 samples without it, none with it). No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except OSError:
+        return False
+
+
 class InceptionFeatures:
     """torch-fidelity's Inception-v3 on ``device``: uint8 (B, 3, H, W) batches -> pool features and logits (CPU)."""
 

@@ -27,6 +27,7 @@ from ldmkit.evaluation.features import (
     EXTRACTOR,
     FeatureSet,
     InceptionFeatures,
+    bound_heap_growth,
     check_metrics,
     compute_metrics,
     content_hash,
@@ -201,6 +202,7 @@ def _keep(cfg: DictConfig, images: torch.Tensor, start: int, out: Path) -> None:
 
 def run(cfg: DictConfig) -> None:
     """Stream ``samples`` images through Inception, compare with as many reference images, write metrics.json."""
+    bound_heap_growth()
     out = run_dir()
     n = int(cfg.samples)
     if n < 2:
