@@ -68,17 +68,27 @@ def _items(dataset_cfg: dict, unit: Unit) -> tuple[Iterator[tuple[str, dict]], A
     return ((key, item) for key, item in pairs if item is not None), dataset
 
 
-_MODELS: dict[str, Any] = {}
+_LOADED: dict[str, Any] = {}
+
+
+def _once(key: str, build: Any) -> Any:
+    """``build()`` the first time ``key`` is asked for in this process, the same object after that."""
+    if key not in _LOADED:
+        _LOADED[key] = build()
+    return _LOADED[key]
+
+
+def conditioner(cond_cfg: dict | None, device: torch.device | None = None) -> Any:
+    """The conditioner whose outputs are cached (None when nothing is), built once per process."""
+    if not cond_cfg:
+        return None
+    cond = _once(f"cond|{cond_cfg}", lambda: instantiate(OmegaConf.create(cond_cfg)).eval())
+    return cond.to(device) if device is not None else cond
 
 
 def _models(ae_dir: str, cond_cfg: dict | None, device: torch.device) -> tuple[Any, Any]:
-    """The first stage of ``ae_dir`` and the conditioner whose outputs are cached, on ``device``, built once
-    per process (the conditioner is None when nothing is cached)."""
-    key = f"{ae_dir}|{cond_cfg}"
-    if key not in _MODELS:
-        cond = instantiate(OmegaConf.create(cond_cfg)).to(device).eval() if cond_cfg else None
-        _MODELS[key] = (modeldir.load(ae_dir).to(device), cond)
-    return _MODELS[key]
+    """The first stage of ``ae_dir`` and the caching conditioner on ``device``, loaded once per process."""
+    return _once(f"ae|{ae_dir}|{device}", lambda: modeldir.load(ae_dir).to(device)), conditioner(cond_cfg, device)
 
 
 def cache_fields(cond: Any, batch: dict) -> dict[str, torch.Tensor]:

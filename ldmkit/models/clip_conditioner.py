@@ -201,6 +201,11 @@ class ClipConditioner(Conditioner):
             h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:10]
 
+    @cached_property
+    def null_cond(self) -> Cond:
+        """The empty caption's states and mask, encoded once (dropout on cached states needs no tower pass)."""
+        return self(self.null(1))
+
     @property
     def cache_field(self) -> str:
         """Name of the cached-states field in latent shards (the mask is ``<name>_mask``)."""
@@ -227,9 +232,9 @@ class ClipConditioner(Conditioner):
         if self.drop_prob <= 0 or len(states) == 0:
             return values
         keep = keep_mask(len(states), self.drop_prob, generator).to(states.device)
-        null = self(self.null(1))
-        return {"states": torch.where(keep[:, None, None], states, null.context.to(states.dtype)),
-                "mask": torch.where(keep[:, None], mask, null.mask)}
+        null = self.null_cond
+        return {"states": torch.where(keep[:, None, None], states, null.context.to(states)),
+                "mask": torch.where(keep[:, None], mask, null.mask.to(mask.device))}
 
     def forward(self, values: list[str] | dict[str, Tensor]) -> Cond:
         """Captions (or their cached states) -> per-token states (B, L, width) and the real-token mask (B, L)."""

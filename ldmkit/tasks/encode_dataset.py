@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ldmkit import modeldir
 from ldmkit.data.access import first_item
-from ldmkit.data.latent_writer import Unit, encode_unit, encode_unit_star, plan, verify
+from ldmkit.data.latent_writer import Unit, conditioner, encode_unit, encode_unit_star, plan, verify
 from ldmkit.errors import UserError
 from ldmkit.tasks.common import console, run_dir
 
@@ -39,7 +39,7 @@ def _cached_field_names(cfg: DictConfig, sample: dict) -> list[str]:
     cond_cfg = _cond_cfg(cfg)
     if cond_cfg is None:
         return []
-    cond = instantiate(OmegaConf.create(cond_cfg))
+    cond = conditioner(cond_cfg)  # the same object encode_unit uses in this process
     try:
         values = cond.values(default_collate([sample]))
     except KeyError as exc:

@@ -114,8 +114,7 @@ def _sample_stream(cfg: DictConfig, ldm, dataset, n: int) -> Iterator[tuple[torc
     chunks = ((ldm.cond.values(b) if conditional else None, None, len(b["image"]))
               for b in batches(cycled(dataset, n), cfg.batch_size))
     feed, seen = tee(chunks)
-    guidance = guidance_scale(cfg.guidance, ldm.cond)
-    stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance, cfg.seed)
+    stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance_scale(cfg.guidance, ldm.cond), cfg.seed)
     for images, (values, _, _) in zip(stream, seen, strict=True):
         yield images, values
 
