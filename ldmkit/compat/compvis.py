@@ -8,8 +8,6 @@ The steps are separate functions so other modules (the LDM's UNet, the condition
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.errors import UserError
+from ldmkit.safeload import torch_load
 
 CKPT_SUFFIXES = (".ckpt", ".pt", ".pth")
 TRAINING_ONLY_PREFIXES = ("loss.",)  # the discriminator and LPIPS of the training loss
@@ -68,28 +67,6 @@ SUPPORTED_ONLY: dict[str, dict[str, Any]] = {
 }
 
 
-class _LightningCallbackKey:
-    """Inert stand-in for the Lightning callback *class* that old Lightning checkpoints use as a dict key."""
-
-
-def _safe_globals() -> list[Any]:
-    """Globals published CompVis ``.ckpt`` files reference outside their tensors; none of them runs file code.
-
-    Lightning < 1.5 keyed ``callbacks`` by the callback class (replaced by an inert class here) and stored
-    numpy scalars / arrays in the callback state (numpy's own constructors, on data the restricted
-    unpickler has already vetted).
-    """
-    import numpy as np
-
-    stub = [(_LightningCallbackKey, f"{pkg}.callbacks.model_checkpoint.ModelCheckpoint")
-            for pkg in ("pytorch_lightning", "lightning.pytorch")]
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    numpy = [(fn, f"{mod}.multiarray.{fn.__name__}") for fn in (multiarray.scalar, multiarray._reconstruct)
-             for mod in ("numpy.core", "numpy._core")]
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
-    return [*stub, *numpy, (np.dtype, "numpy.dtype"), (np.ndarray, "numpy.ndarray"), *dtypes]
-
-
 @dataclass(frozen=True)
 class FirstStageSpec:
     """A first stage described by a CompVis YAML, as ldmkit needs it."""
@@ -100,31 +77,6 @@ class FirstStageSpec:
     prefix: str  # where its keys sit in the checkpoint ("" or "first_stage_model.")
     scale_factor: float | None  # the latent scale the YAML fixes (None: not fixed there)
     scale_source: str | None  # where scale_factor came from ("yaml" | "ldm_default")
-
-
-def _refusal(path: Path, text: str) -> UserError:
-    """The one-line error for a file the weights-only unpickler refused (code it needs, or not a checkpoint)."""
-    found = re.findall(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", text)
-    names = sorted({"".join(n) for n in found})
-    if names:
-        return UserError(
-            f"{path}: torch.load(weights_only=True) refuses to unpickle code ({', '.join(names)}); ldmkit never "
-            "runs code from a checkpoint: convert it to .safetensors where you trust the file"
-        )
-    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-    return UserError(f"{path} is not a readable PyTorch checkpoint ({detail[1] if detail else text.splitlines()[0]})")
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with the inert allow-list; a pickle that needs code is refused."""
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _refusal(path, str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on a corrupt file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
 
 
 def _safetensors_load(path: Path) -> dict[str, Tensor]:
@@ -158,7 +110,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     if path.suffix == ".safetensors":
         return _safetensors_load(path), {}
     if path.suffix in CKPT_SUFFIXES:
-        return _split_checkpoint(path, _torch_load(path))
+        return _split_checkpoint(path, torch_load(path))
     raise UserError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .ckpt, .pt, .pth or .safetensors")
 
 

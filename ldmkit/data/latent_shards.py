@@ -77,13 +77,13 @@ def latent_shards(path: str, shuffle: int = 1000, seed: int = 0):
     import webdataset as wds
 
     from ldmkit.data.skips import SkipCounter, counting_handler
-    from ldmkit.data.wds import SeededShuffle
+    from ldmkit.data.wds import SeededShuffle, ShardDataset, seed_resampling
 
     manifest = read_manifest(path)
     urls = [str(Path(path) / name) for name in manifest["shards"]]
     skips = SkipCounter()
     handler = counting_handler(skips)  # broken samples are counted, without webdataset's 0.5 s sleep
-    dataset = wds.WebDataset(
+    dataset = ShardDataset(
         urls,
         resampled=True,
         shardshuffle=False,
@@ -93,6 +93,7 @@ def latent_shards(path: str, shuffle: int = 1000, seed: int = 0):
         empty_check=False,
         seed=seed,
     )
+    seed_resampling(dataset, seed)
     if shuffle:
         dataset = dataset.compose(SeededShuffle(shuffle, seed))
     dataset = dataset.map(to_training_sample, handler=handler).with_epoch(manifest["count"])

@@ -36,7 +36,8 @@ from urllib.parse import urlparse
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import get_worker_info
-from webdataset.shardlists import expand_urls
+from webdataset.filters import detshuffle
+from webdataset.shardlists import ResampledShards, expand_urls
 
 from ldmkit.data.skips import SkipCounter, counting_handler
 from ldmkit.data.transforms import ImageTransform, decode_image
@@ -125,23 +126,59 @@ class ToItem:
 
 def worker_share(total: int) -> int:
     """This DataLoader worker's part of ``total`` samples (all of it outside workers; remainder to the first)."""
-    info = get_worker_info()
-    if info is None:
-        return total
-    base, extra = divmod(total, info.num_workers)
-    return base + (1 if info.id < extra else 0)
+    from webdataset.utils import pytorch_worker_info
+
+    _, _, worker, workers = pytorch_worker_info()
+    base, extra = divmod(total, workers)
+    return base + (1 if worker < extra else 0)
 
 
 class ShardDataset(wds.WebDataset):
-    """``webdataset.WebDataset`` with an optional per-rank sample ``limit`` shared evenly by its workers."""
+    """``webdataset.WebDataset`` with an optional per-rank sample ``limit`` shared evenly by its workers, whose
+    streams can be started at a given epoch and position (exact resume: see :meth:`start_at`)."""
 
     limit: int | None = None
     skips: SkipCounter
+    resume: tuple[int, int, int, int] | None = None
+
+    def start_at(self, epoch: int, batches: int, batch_size: int, num_workers: int) -> None:
+        """Make the next pass the one of ``epoch`` (its shard and sample orders) without the ``batches`` already
+        read (DataLoader workers hand out batches round-robin)."""
+        self.resume = (epoch, batches, batch_size, num_workers)
+
+    def _start_pass(self) -> int:
+        """Pick the worker identity this pass plays (webdataset's stages read it from WORKER/NUM_WORKERS) and, when
+        resuming, set every seeded stage's pass counter to the epoch; return the samples to skip."""
+        info = get_worker_info()
+        role, workers = (info.id, info.num_workers) if info else (0, 1)
+        skip = 0
+        if self.resume is not None:
+            epoch, batches, batch_size, _ = self.resume
+            self.resume = None
+            for stage in self.pipeline:
+                if isinstance(stage, SeededShuffle):
+                    stage.passes = epoch
+                elif isinstance(stage, ResampledShards | detshuffle):
+                    stage.epoch = epoch - 1  # they count up before use
+            # the loader takes batch j from worker j % workers: let that worker replay the stream the unbroken
+            # run read batch (batches + j) from, minus what that stream had already given
+            role = (role + batches) % workers
+            skip = len(range(role, batches, workers)) * batch_size
+        if info is not None:
+            os.environ["WORKER"], os.environ["NUM_WORKERS"] = str(role), str(workers)
+        return skip
 
     def __iter__(self) -> Iterator[dict]:
         """Samples of one epoch, stopping after this worker's share of ``limit``."""
-        it = super().__iter__()
-        return it if self.limit is None else islice(it, worker_share(self.limit))
+        skip = self._start_pass()
+        return islice(super().__iter__(), skip, None if self.limit is None else worker_share(self.limit))
+
+
+def seed_resampling(dataset: wds.WebDataset, seed: int) -> None:
+    """webdataset draws resampled shards from os.urandom unless told otherwise: seed them (worker, pass, seed)."""
+    for stage in dataset.pipeline:
+        if isinstance(stage, ResampledShards):
+            stage.deterministic, stage.seed = True, seed
 
 
 class SizedShardDataset(ShardDataset):
@@ -225,6 +262,7 @@ def wds_dataset(
         workersplitter=_pick(WORKER_SPLITTERS, workersplitter, "dataset.workersplitter"),
         empty_check=False,
     )
+    seed_resampling(dataset, seed)
     if train and epoch_size is not None and not resampled and size is None:
         dataset.repetitions = sys.maxsize  # loop over this rank's shards until the epoch is full
     if train and shuffle:

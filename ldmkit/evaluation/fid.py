@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ldmkit.atomic import atomic_path
 from ldmkit.errors import UserError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -48,8 +49,8 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
             if m.bias is not None:
                 m.bias.data.zero_()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
     return path
 
 

@@ -6,7 +6,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
 from ldmkit import modeldir
 from ldmkit.data.access import first_items, write_skips
@@ -40,17 +39,12 @@ def _chosen(group: str) -> str | None:
 def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
     """Fit the autoencoder (and discriminator) with Lightning; return the training steps done."""
     from ldmkit.training.autoencoder_module import AutoencoderModule
-    from ldmkit.training.trainer import make_trainer
+    from ldmkit.training.loader import make_loader
+    from ldmkit.training.trainer import fit
 
     module = AutoencoderModule(ae, instantiate(cfg.loss), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not isinstance(dataset, IterableDataset),
-                        drop_last=True,
-                        num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
-    trainer_cfg = dict(cfg.trainer)
-    if trainer_cfg.get("max_steps", -1) > 0:  # Lightning counts both optimisers' steps (STACK_NOTES)
-        trainer_cfg["max_steps"] *= module.steps_per_batch
-    trainer = make_trainer(trainer_cfg, out)
-    trainer.fit(module, loader)
+    loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
+    trainer = fit(cfg, module, loader, out, steps_per_batch=module.steps_per_batch)
     return module.ae_step if trainer.is_global_zero else -1
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, open_dict
-from torch.utils.data import DataLoader, IterableDataset
 
 from ldmkit import modeldir
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
@@ -20,7 +19,9 @@ def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
         f, res = ae_meta["f"], cfg.dataset.resolution
         if res % f:
             raise UserError(f"dataset.resolution={res} is not divisible by the first stage's f={f}")
-        return [ae_meta["latent_channels"], res // f, res // f]
+        shape = [ae_meta["latent_channels"], res // f, res // f]
+        _check_unet_multiple(cfg, shape, f, f"dataset.resolution={res}", "set dataset.resolution to")
+        return shape
     manifest = read_manifest(cfg.dataset.path)
     if manifest.get("status", "complete") != "complete":
         raise UserError(f"dataset.path={cfg.dataset.path}: the encoding is incomplete ({len(manifest['shards'])} of "
@@ -28,9 +29,25 @@ def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
     if manifest["first_stage"]["hash"] != ae_meta["hash"]:
         raise UserError(
             f"dataset.path={cfg.dataset.path} was encoded with first stage {manifest['first_stage']['hash']} "
-            f"({manifest['first_stage']['path']}), but ae= is {ae_meta['hash']}"
+            f"({manifest['first_stage']['path']}), but ae={cfg.ae} is {ae_meta['hash']}: pass that ae= "
+            "or re-encode the dataset with this one"
         )
-    return manifest["latent_shape"]
+    shape = manifest["latent_shape"]
+    _check_unet_multiple(cfg, shape, ae_meta["f"], f"dataset.path={cfg.dataset.path} (its latents)", "re-encode at")
+    return shape
+
+
+def _check_unet_multiple(cfg: DictConfig, shape: list[int], f: int, source: str, fix: str) -> None:
+    """The UNet halves the latent len(unet.channel_mult) - 1 times: both sides must divide by 2^(levels - 1)."""
+    mult = list(cfg.unet.get("channel_mult") or [1])
+    m = 2 ** (len(mult) - 1)
+    h, w = shape[-2:]
+    if h % m or w % m:
+        step = f * m
+        near = " or ".join(str(r) for r in (h * f // step * step, (h * f // step + 1) * step) if r > 0)
+        raise UserError(f"{source}: the {h}x{w} latent (f={f}) is not divisible by {m} = 2^(UNet levels - 1) "
+                        f"for unet.channel_mult={mult}; {fix} a multiple of f*{m} = {step} px (e.g. {near}), "
+                        "or use fewer UNet levels")
 
 
 def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
@@ -50,7 +67,8 @@ def run(cfg: DictConfig) -> None:
 
     from ldmkit.training.callbacks import Snapshots, Throughput
     from ldmkit.training.ldm_module import LDMModule
-    from ldmkit.training.trainer import make_trainer
+    from ldmkit.training.loader import make_loader
+    from ldmkit.training.trainer import fit
 
     out = run_dir()
     pl.seed_everything(cfg.seed, verbose=False)
@@ -74,9 +92,7 @@ def run(cfg: DictConfig) -> None:
     lr = effective_lr(cfg)
     module = LDMModule(ldm, lr=lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay,
                        min_snr_gamma=cfg.objective.min_snr_gamma)
-    iterable = isinstance(dataset, IterableDataset)
-    loader = DataLoader(dataset, batch_size=cfg.loader.batch_size, shuffle=not iterable, drop_last=True,
-                        num_workers=cfg.loader.num_workers, persistent_workers=cfg.loader.num_workers > 0)
+    loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
     meta = {"kind": "ldm", "prediction": cfg.objective.prediction, "lr": lr, "cond": type(cond).__name__,
             "cond_key": cond.key, "latent_shape": latent_shape, "f": ae_meta["f"],
             "params": sum(p.numel() for p in ldm.trainable().parameters()), "scale_factor": ae_meta["scale_factor"],
@@ -90,8 +106,7 @@ def run(cfg: DictConfig) -> None:
 
     throughput = Throughput(cfg.loader.batch_size)
     snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))
-    trainer = make_trainer(dict(cfg.trainer), out, callbacks=[throughput, snapshots])
-    trainer.fit(module, loader)
+    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots])
     skipped = write_skips(dataset, out)
     if not trainer.is_global_zero:
         return

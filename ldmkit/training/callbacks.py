@@ -1,4 +1,4 @@
-"""Small Lightning callbacks: model-dir snapshots at fixed steps and training throughput."""
+"""Small Lightning callbacks: model-dir snapshots at fixed steps, training throughput, the non-finite guard."""
 
 from __future__ import annotations
 
@@ -6,30 +6,26 @@ import time
 from collections.abc import Callable
 
 import pytorch_lightning as pl
+import torch
+
+from ldmkit.errors import UserError
 
 
 class Snapshots(pl.Callback):
-    """Call ``write(step)`` (rank 0) once the weights of each listed step exist, EMA included: at the start of
-    the next batch (the module updates its EMA after the callbacks' batch-end hooks) or at the end of training."""
+    """Call ``write(step)`` (rank 0) once the weights of each listed step exist, EMA included (the module updates
+    its EMA inside the optimiser step, before any batch-end hook)."""
 
     def __init__(self, steps: list[int], write: Callable[[int], None]) -> None:
         self.pending = sorted({int(s) for s in steps})
         self.write = write
 
-    def _flush(self, trainer: pl.Trainer) -> None:
-        """Write every pending snapshot whose step has been reached."""
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """Write every pending snapshot whose step has been reached (steps already passed on resume are dropped)."""
         while self.pending and self.pending[0] <= trainer.global_step:
             step = self.pending.pop(0)
             if trainer.is_global_zero and step == trainer.global_step:
                 self.write(step)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        """Snapshot the steps completed by the previous batch."""
-        self._flush(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Snapshot the last step if it is listed."""
-        self._flush(trainer)
 
 
 class Throughput(pl.Callback):
@@ -53,3 +49,38 @@ class Throughput(pl.Callback):
         elapsed = time.perf_counter() - self.start[0]
         steps = trainer.global_step - self.start[1]
         self.samples_per_s = steps * self.batch_size * trainer.world_size / elapsed
+
+
+def training_step_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """Training steps done: the autoencoder counts one per batch, Lightning one per optimiser step."""
+    return int(getattr(pl_module, "ae_step", trainer.global_step))
+
+
+class FiniteGuard(pl.Callback):
+    """Stop at a non-finite loss before its backward pass (no update uses it), and never write a checkpoint of
+    non-finite weights: the last checkpoint stays good. One line names the step and the checkpoint."""
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None
+
+    def _stop(self, what: str, step: int, trainer: pl.Trainer) -> None:
+        """Raise the one-line error about training step ``step``."""
+        kept = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        last = (f"the last checkpoint {kept} (step {self.saved_step}) is intact and resume=true continues from it"
+                if kept and self.saved_step is not None else "no checkpoint was written yet")
+        raise UserError(f"{what} at training step {step}: training stopped; "
+                        f"{last} (try a lower optim.lr or trainer.gradient_clip_val=1.0)")
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        """Check the loss on every rank; all ranks stop together."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
+            value = loss.item() if not finite else "non-finite on another rank"
+            self._stop(f"the loss is {value}", training_step_of(trainer, pl_module) + 1, trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Refuse to write non-finite weights (raised before the file is touched)."""
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            self._stop(f"the weights became non-finite ({bad[0]})", training_step_of(trainer, pl_module), trainer)
+        self.saved_step = training_step_of(trainer, pl_module)

@@ -69,8 +69,9 @@ class LDMModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=z.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """Update the EMA weights after every optimiser step."""
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser step, then the EMA update: both are done before any batch-end hook (checkpoints)."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.ldm.trainable())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -1,32 +1,153 @@
-"""The Lightning Trainer every training task uses: run-dir logging, checkpoints for resuming, progress bar."""
+"""The Lightning Trainer every training task uses: run-dir logging, atomic checkpoints, resuming, pre-emption."""
 
 from __future__ import annotations
 
+import csv
+import signal
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from torch.utils.data import DataLoader
+
+from ldmkit import atomic
+from ldmkit.errors import UserError
+from ldmkit.training.callbacks import FiniteGuard
+from ldmkit.training.resume import LAST, Resumable, check_checkpoint, find_checkpoint, logged_steps
 
 
-def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None) -> pl.Trainer:
-    """A Trainer from ``trainer.*`` keys writing logs to ``run_dir/logs`` and ``run_dir/checkpoints/last.ckpt``."""
-    import sys
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file in the checkpoint's folder, fsync, rename: a crash mid-write keeps the
+    previous checkpoint (Lightning's own save goes through a temp file in /tmp and a copy when /tmp is another
+    filesystem)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically."""
+        with atomic.atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run keeps the rows logged before its checkpoint plus the
+    checkpoint step's own row (Lightning's deletes ``metrics.csv``), then appends."""
+
+    def __init__(self, log_dir: str, resumed: tuple[int, dict | None] | None) -> None:
+        self.resumed = resumed
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Trim ``metrics.csv`` to the rows before the resumed step, add that step's row, keep the columns."""
+        path = Path(self.metrics_file_path)
+        if self.resumed is None or not path.is_file():
+            return super()._check_log_dir_exists()
+        step, row = self.resumed
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < step]
+        if row and int(row["step"]) >= step:  # written in the batch-end hook, before Lightning logged it
+            rows.append(row)
+            fields += sorted(set(row) - set(fields))
+        with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = fields
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning's rewrite (new columns), but atomic."""
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with atomic.atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV logs in ``<run>/logs/metrics.csv``; on resume the earlier rows stay."""
+
+    def __init__(self, run_dir: Path, resumed: tuple[int, dict | None] | None = None) -> None:
+        super().__init__(str(run_dir), name="logs", version="")
+        self.resumed = resumed
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """The writer (created on first use, on rank 0)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self.resumed)
+        return self._experiment
+
+
+def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None,
+                 every_n_steps: int | None = None, resumed_logs: tuple[int, dict | None] | None = None) -> pl.Trainer:
+    """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs``, ``run_dir/checkpoints/last.ckpt`` every
+    ``every_n_steps`` optimiser steps (atomic), non-finite losses stop it."""
+    import logging
 
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    from ldmkit.errors import UserError
-
+    # its INFO line "weights_only was not set" is about what a checkpoint holds (everything): not news
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+    # Lightning cannot see that Resumable restarts the loader mid-epoch: its warning would be wrong
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     bar = RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50)
+    checkpoints = ModelCheckpoint(dirpath=str(run_dir / LAST.parent), save_last=True, save_top_k=0,
+                                  every_n_train_steps=every_n_steps or None)
     try:
         return pl.Trainer(
             **trainer_cfg,
             default_root_dir=str(run_dir),
-            logger=CSVLogger(str(run_dir), name="logs", version=""),
-            callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0), bar,
-                       *(callbacks or [])],
+            logger=RunCSVLogger(run_dir, resumed_logs),
+            callbacks=[checkpoints, bar, FiniteGuard(), *(callbacks or [])],
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # the EpochSampler splits map-style data over ranks itself
             enable_model_summary=False,
         )
     except (ValueError, TypeError, MisconfigurationException) as exc:  # a bad trainer.* option
         raise UserError(f"trainer: {str(exc).splitlines()[0]}") from None
+
+
+def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path, callbacks: list | None = None,
+        steps_per_batch: int = 1) -> pl.Trainer:
+    """Train ``module`` (resuming per ``cfg.resume``); ``trainer.max_steps`` and ``checkpoint.every_n_steps``
+    count training steps (× ``steps_per_batch`` optimiser steps). SIGTERM/SIGUSR1 save and exit 128+signal."""
+    ckpt_path = find_checkpoint(cfg.resume, run_dir)
+    keep = logged_steps(check_checkpoint(ckpt_path, module)) if ckpt_path else None
+    trainer_cfg = dict(cfg.trainer)
+    if trainer_cfg.get("max_steps", -1) > 0:
+        trainer_cfg["max_steps"] *= steps_per_batch
+    resumable = Resumable(loader, run_dir / LAST)
+    every = cfg.checkpoint.every_n_steps
+    trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable],
+                           every * steps_per_batch if every else None, keep)
+    if ckpt_path:
+        _say(trainer, f"resuming from {ckpt_path}")
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, loader, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        pass
+    if resumable.signal is not None:
+        name = signal.Signals(resumable.signal).name
+        _say(trainer, f"stopped by {name} after step {trainer.global_step // steps_per_batch}: checkpoint "
+                      f"{run_dir / LAST}; continue with resume=true out={run_dir}")
+        raise SystemExit(128 + resumable.signal)
+    return trainer
+
+
+def _say(trainer: pl.Trainer, text: str) -> None:
+    """One line on stderr from rank 0."""
+    if trainer.is_global_zero:
+        from ldmkit.tasks.common import console
+
+        console.print(text)

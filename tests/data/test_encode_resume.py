@@ -59,7 +59,7 @@ def test_killed_run_resumes_to_every_sample_exactly_once(ae, tmp_path):
     assert all((out / name).stat().st_mtime_ns == t for name, t in before.items())  # kept, not re-encoded
     keys = [s["__key__"] for s in iterate_shards(out)]
     assert sorted(keys) == [f"{i:09d}" for i in range(N)]
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
     verified = run_cli("encode-dataset", "--verify", str(out))
     assert "480" in verified.stderr + verified.stdout
 
