@@ -1,6 +1,6 @@
 """Writing latent shards at scale: the work is cut into units (one output shard each), every unit is encoded
-into a temporary tar and renamed when complete, so a killed run re-run with the same arguments encodes only
-the units not yet listed in ``manifest.json`` and ends with every sample exactly once.
+into a hidden temporary tar and renamed when complete, so a killed run re-run with the same arguments encodes
+only the units not yet listed in ``manifest.json`` and ends with every sample exactly once.
 
 Units: a map-style dataset (shapes, folder) is cut into index ranges of ``shard_size`` samples; a stream of
 webdataset shards (``dataset=wds``) maps each source shard to one latent shard (img2dataset writes balanced
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import IterableDataset, default_collate
 
 from ldmkit import modeldir
+from ldmkit.atomic import atomic_path
 from ldmkit.data.latent_shards import encode_fields, iterate_shards
 from ldmkit.errors import UserError
 
@@ -101,7 +102,8 @@ def cache_fields(cond: Any, batch: dict) -> dict[str, torch.Tensor]:
 
 def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size: int,
                 cond_cfg: dict | None = None) -> dict:
-    """Encode one unit into ``out/<name>`` (written as ``<name>.tmp``, renamed when complete)."""
+    """Encode one unit into ``out/<name>``: written under a hidden temporary name (``ldmkit.atomic``), fsynced and
+    renamed when complete, so a killed writer never leaves a half shard under the final name."""
     import webdataset as wds
 
     from ldmkit.tasks.common import device
@@ -109,10 +111,8 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
     dev = device()
     stage, cond = _models(ae_dir, cond_cfg, dev)
     pairs, dataset = _items(dataset_cfg, unit)
-    final = Path(out) / unit.name
-    tmp = final.with_name(final.name + ".tmp")
     count = 0
-    with wds.TarWriter(str(tmp)) as sink:
+    with atomic_path(Path(out) / unit.name) as tmp, wds.TarWriter(str(tmp)) as sink:
         while chunk := list(islice(pairs, batch_size)):
             keys, items = zip(*chunk, strict=True)
             batch = default_collate(list(items))
@@ -124,7 +124,6 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
                 row = {k: v[i] for k, v in batch.items()}
                 sink.write({"__key__": key, **encode_fields({"latent_mean": mean[i], "latent_std": std[i], **row})})
             count += len(keys)
-    tmp.replace(final)
     skips = getattr(dataset, "skips", None)
     summary = skips.summary() if skips is not None else {"skipped": 0, "examples": []}
     return {"unit": asdict(unit), "name": unit.name, "count": count, "skipped": summary["skipped"],

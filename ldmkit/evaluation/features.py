@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ldmkit.atomic import atomic_path
 from ldmkit.errors import UserError
 
 METRICS = ("fid", "isc", "kid", "prc")
@@ -143,10 +144,9 @@ def load_cached(path: Path) -> dict[str, Tensor] | None:
 
 
 def save_cached(path: Path, features: dict[str, Tensor]) -> None:
-    """Write reference features atomically (temp name -> rename)."""
+    """Write reference features atomically (temporary name per process, fsync, rename): concurrent jobs sharing
+    the cache never see a half file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))

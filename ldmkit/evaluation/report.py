@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from ldmkit import modeldir
+from ldmkit.atomic import atomic_path, write_text
 from ldmkit.errors import UserError
 
 # quality measures, best first: FID (lower is better) when Inception weights exist, else the shapes scorer
@@ -91,7 +92,8 @@ def plots(results: list[dict], out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         written.append(out / name)
     return written
@@ -114,7 +116,7 @@ def write_report(root: Path) -> Path:
     if skipped:
         notes += [f"FID/KID skipped: {skipped.pop()}", ""]
     notes += [f"![{p.stem}]({p.name})" for p in figures]
-    (root / "report.md").write_text("\n".join(notes) + "\n")
+    write_text(root / "report.md", "\n".join(notes) + "\n")
     return root / "report.md"
 
 

@@ -8,6 +8,8 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
+from ldmkit.atomic import atomic_path
+
 console = Console(stderr=True)
 
 
@@ -26,10 +28,11 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 def save_png(image: Tensor, path: Path) -> None:
-    """Save one image in [-1, 1] (C, H, W) as PNG."""
+    """Save one image in [-1, 1] (C, H, W) as PNG, atomically (the temporary name keeps the suffix)."""
     from PIL import Image
 
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy()).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy()).save(tmp)
 
 
 def save_grid(images: Tensor, path: Path, nrow: int = 8) -> None:

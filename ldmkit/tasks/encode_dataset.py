@@ -14,6 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ldmkit import modeldir
+from ldmkit.atomic import leftovers
 from ldmkit.data.access import first_item
 from ldmkit.data.latent_writer import Unit, conditioner, encode_unit, encode_unit_star, plan, verify
 from ldmkit.errors import UserError
@@ -87,6 +88,13 @@ def _write_manifest(out: Path, cfg: DictConfig, ae_dir: Path, ae_meta: dict, rec
     return manifest
 
 
+def _remove_leftovers(out: Path, units: list[Unit]) -> None:
+    """Delete the temporary shards and manifests a killed earlier run left behind (they are never read)."""
+    for path in [out / "manifest.json", *(out / unit.name for unit in units)]:
+        for leftover in leftovers(path):
+            leftover.unlink(missing_ok=True)
+
+
 def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path):
     """Encode the units in this process or in ``workers`` processes; yield each result as it finishes."""
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -119,6 +127,7 @@ def run(cfg: DictConfig) -> None:
     record = _plan_record(cfg, units, ae_meta)
     done = _resume_state(out, record)
     todo = [u for u in units if u.name not in done]
+    _remove_leftovers(out, units)
     if done:
         console.print(f"continuing {out}: {len(done)} of {len(units)} shards already encoded")
     with Progress(console=console) as bar:
