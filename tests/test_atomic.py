@@ -226,3 +226,36 @@ def test_copy_and_images_leave_no_temporaries(tmp_path):
     with Image.open(tmp_path / "grid.png") as im:
         assert im.format == "PNG"
     assert not list(tmp_path.glob(".*")) and not list(dst.glob(".*"))
+
+
+CKPT_SAVER = """
+import sys
+
+import torch
+
+from ldmkit.training.trainer import AtomicCheckpointIO
+
+path, n = sys.argv[1], int(sys.argv[2])
+io = AtomicCheckpointIO()
+for version in range(1, 100_000):
+    io.save_checkpoint({"global_step": version, "state_dict": {"w": torch.full((n,), float(version))}}, path)
+"""
+
+
+def test_checkpoint_killed_mid_write_keeps_the_previous_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", CKPT_SAVER, str(ckpt), str(BIG)])
+    tmp = ckpt.with_name(f".last.tmp-{proc.pid}.ckpt")
+    full: list[int] = []
+
+    def ready() -> bool:
+        if not full:
+            if not ckpt.is_file():
+                return False
+            full.append(_size(ckpt))
+        return 0 < _size(tmp) < full[0]  # the next version half written
+
+    _kill_when(proc, ready)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    w = state["state_dict"]["w"]
+    assert w.numel() == BIG and w.min() == w.max() == state["global_step"] >= 1

@@ -75,8 +75,9 @@ def run(cfg: DictConfig) -> None:
     job = run_dir()
     data = [*_forwarded("dataset"), *_args(cfg, "all")]
     console.print(f"f-study f={f} -> {job}")
-    ldmkit_step("train-ae", "train-ae", [f"f={f}", *data, *_forwarded("first_stage"), f"trainer.max_steps={cfg.ae_steps}",
-                                         *cfg.args.train_ae, f"out={job / 'ae'}"], job, job / "ae" / "meta.json")
+    ldmkit_step("train-ae", "train-ae", [
+        f"f={f}", *data, *_forwarded("first_stage"), f"trainer.max_steps={cfg.ae_steps}", "resume=auto",
+        *cfg.args.train_ae, f"out={job / 'ae'}"], job, job / "ae" / "meta.json")
     ldmkit_step("encode-dataset", "encode-dataset", [
         f"ae={job / 'ae'}", *data, f"dataset.size={cfg.dataset_size}", *cfg.args.encode_dataset,
         f"out={job / 'latents'}"], job, job / "latents" / "manifest.json")
@@ -85,7 +86,7 @@ def run(cfg: DictConfig) -> None:
         f"ae={job / 'ae'}", "dataset=latents", f"dataset.path={job / 'latents'}", f"cond={cfg.cond}",
         f"unet.model_channels={cfg.unet_channels}", f"loader.batch_size={cfg.batch_size}",
         f"trainer.max_steps={cfg.ldm_steps}", f"snapshots=[{','.join(map(str, snaps))}]", *cfg.args.all,
-        *cfg.args.train_ldm, f"out={job / 'ldm'}"], job, job / "ldm" / "meta.json")
+        "resume=auto", *cfg.args.train_ldm, f"out={job / 'ldm'}"], job, job / "ldm" / "meta.json")
     meta = modeldir.read_json(job / "ldm" / "meta.json")
     dirs = {c: job / "ldm" / "snapshots" / f"step_{c:07d}" for c in snaps} | {int(cfg.ldm_steps): job / "ldm"}
     quality = []
