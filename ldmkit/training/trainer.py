@@ -87,10 +87,22 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
+def extra_loggers(makers: Any, run_dir: Path) -> list:
+    """The ``logger=`` option's loggers (Hydra partials, e.g. TensorBoard) built with ``save_dir=run_dir``."""
+    loggers = []
+    for name, make in dict(makers or {}).items():
+        try:
+            loggers.append(make(save_dir=str(run_dir)))
+        except ModuleNotFoundError as exc:
+            raise UserError(f"logger={name} needs the {exc.name or name} package: pip install {name}") from None
+    return loggers
+
+
 def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None,
-                 every_n_steps: int | None = None, resumed_logs: tuple[int, dict | None] | None = None) -> pl.Trainer:
-    """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs``, ``run_dir/checkpoints/last.ckpt`` every
-    ``every_n_steps`` optimiser steps (atomic), non-finite losses stop it."""
+                 every_n_steps: int | None = None, resumed_logs: tuple[int, dict | None] | None = None,
+                 loggers: list | None = None) -> pl.Trainer:
+    """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs`` (+ ``loggers``), ``run_dir/checkpoints/last.ckpt``
+    every ``every_n_steps`` optimiser steps (atomic), non-finite losses stop it."""
     import logging
 
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -101,12 +113,12 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     bar = RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50)
     checkpoints = ModelCheckpoint(dirpath=str(run_dir / LAST.parent), save_last=True, save_top_k=0,
-                                  every_n_train_steps=every_n_steps or None)
+                                  every_n_train_steps=every_n_steps or None, enable_version_counter=False)
     try:
         return pl.Trainer(
             **trainer_cfg,
             default_root_dir=str(run_dir),
-            logger=RunCSVLogger(run_dir, resumed_logs),
+            logger=[RunCSVLogger(run_dir, resumed_logs), *(loggers or [])],  # the CSV log first: resume reads it
             callbacks=[checkpoints, bar, FiniteGuard(), *(callbacks or [])],
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,  # the EpochSampler splits map-style data over ranks itself
@@ -117,9 +129,10 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
 
 
 def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path, callbacks: list | None = None,
-        steps_per_batch: int = 1) -> pl.Trainer:
-    """Train ``module`` (resuming per ``cfg.resume``); ``trainer.max_steps`` and ``checkpoint.every_n_steps``
-    count training steps (× ``steps_per_batch`` optimiser steps). SIGTERM/SIGUSR1 save and exit 128+signal."""
+        steps_per_batch: int = 1, loggers: list | None = None) -> pl.Trainer:
+    """Train ``module`` (resuming per ``cfg.resume``) with the CSV log plus ``loggers``; ``trainer.max_steps`` and
+    ``checkpoint.every_n_steps`` count training steps (× ``steps_per_batch`` optimiser steps). SIGTERM/SIGUSR1
+    save and exit 128+signal."""
     ckpt_path = find_checkpoint(cfg.resume, run_dir)
     keep = logged_steps(check_checkpoint(ckpt_path, module)) if ckpt_path else None
     trainer_cfg = dict(cfg.trainer)
@@ -128,7 +141,7 @@ def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path,
     resumable = Resumable(loader, run_dir / LAST)
     every = cfg.checkpoint.every_n_steps
     trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable],
-                           every * steps_per_batch if every else None, keep)
+                           every * steps_per_batch if every else None, keep, loggers)
     if ckpt_path:
         _say(trainer, f"resuming from {ckpt_path}")
     from pytorch_lightning.utilities.exceptions import SIGTERMException

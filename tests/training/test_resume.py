@@ -71,6 +71,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_unbroken_run(tiny_ae, t
     proc.communicate()
     assert not (out / "model.safetensors").exists(), f"the run finished before the kill ({kill_after=})"
     run_cli(*args, f"out={out}", "resume=true")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]  # one checkpoint, overwritten
     want, got = _weights(tmp_path / "unbroken"), _weights(out)
     assert want.keys() == got.keys()
     for key in want:
