@@ -16,6 +16,17 @@ app = typer.Typer(
 FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
+@app.callback()
+def global_options(
+    debug: bool = typer.Option(False, "--debug", help="Full tracebacks for errors (same as HYDRA_FULL_ERROR=1)."),
+) -> None:
+    """Options for every command (given before it: ldmkit --debug train-ae ...)."""
+    if debug:
+        import os
+
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+
+
 def _forward(task: str, command: str, args: list[str]) -> None:
     """Run the task through Hydra and exit with its code."""
     from ldmkit.runner import run_task
@@ -80,6 +91,18 @@ def report(
     from ldmkit.runner import quote_value
 
     _forward("report", "report", [*([quote_value("dir", directory)] if directory else []), *ctx.args])
+
+
+@app.command("info", context_settings=FORWARD)
+def info(
+    ctx: typer.Context,
+    directory: Optional[str] = typer.Argument(None, metavar="DIR", help="A model, latent-shard, run or f-study dir."),  # noqa: UP045
+) -> None:
+    """Summarise a model dir, latent-shard dir, run dir or f-study dir: kind, f, latent shape, params, steps, first
+    stage, metrics (json=true: the same facts as JSON). Writes nothing."""
+    from ldmkit.runner import quote_value
+
+    _forward("info", "info", [*([quote_value("dir", directory)] if directory else []), *ctx.args])
 
 
 @app.command("import-compvis", context_settings=FORWARD)

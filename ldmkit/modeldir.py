@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ldmkit import atomic
 from ldmkit.errors import UserError
 
 FORMAT = 1
@@ -34,17 +35,20 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc})") from None
 
 
+def _dumps(data: dict) -> str:
+    """Pretty JSON text as ldmkit writes it."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write pretty JSON atomically: to a temporary name, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    """Write pretty JSON atomically (temporary name, fsync, rename over ``path``)."""
+    atomic.write_text(path, _dumps(data))
 
 
 def resolve(spec: str | None, kind: str, option: str) -> Path:
     """Turn ``ae=``/``ckpt=``/``dataset.path=`` into a dir of the given kind; ``latest`` = newest default run."""
     producer, marker = PRODUCERS[kind], MARKERS[kind]
+    names = {"first_stage": "a first-stage (autoencoder) dir", "ldm": "an LDM dir", "latents": "a latent-shard dir"}
     if spec in (None, "", "latest"):
         root = Path("runs") / producer
         found = sorted(root.glob(f"**/{marker}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
@@ -53,35 +57,60 @@ def resolve(spec: str | None, kind: str, option: str) -> Path:
             raise UserError(f"{option}=latest: nothing under {root}/ yet; run `ldmkit {producer}` or pass {option}=DIR")
         return found[-1].parent
     path = Path(spec).expanduser()
+    wanted = f"pass the out= dir of `ldmkit {producer}`"
+    if not path.is_dir():
+        raise UserError(f"{option}={spec}: {'not a' if path.exists() else 'no such'} directory; {wanted}")
     if not (path / marker).is_file():
-        raise UserError(f"{option}={spec}: not a {kind.replace('_', '-')} dir (no {marker}); pass the out= dir of `ldmkit {producer}`")
+        if kind != "latents" and (path / MARKERS["latents"]).is_file():
+            raise UserError(f"{option}={spec} is {names['latents']} (from `ldmkit encode-dataset`), but {option}= "
+                            f"needs {names[kind]}; {wanted}")
+        raise UserError(f"{option}={spec}: not {names[kind]} (no {marker}); {wanted}")
     if kind != "latents":
         actual = read_json(path / marker).get("kind")
         if actual != kind:
-            raise UserError(f"{option}={spec} holds a {actual} model, expected a {kind} model")
+            made = f" (from `ldmkit {PRODUCERS[actual]}`)" if actual in PRODUCERS else ""
+            raise UserError(f"{option}={spec} is {names.get(actual, f'a {actual!r} dir')}{made}, but {option}= "
+                            f"needs {names[kind]}; {wanted}")
+        check_complete(path, kind)
     return path
 
 
+def check_complete(path: Path, kind: str) -> None:
+    """A model dir must hold its config and weights (an LDM also its first_stage/ copy): else one line."""
+    needed = ["config.yaml", "model.safetensors", *(["first_stage/meta.json"] if kind == "ldm" else [])]
+    for name in needed:
+        if not (path / name).is_file():
+            raise UserError(f"{path}/{name} is missing: the model dir is incomplete (re-create it or restore the file)")
+
+
 def save(out: Path, cfg: Any, weights: dict[str, dict], meta: dict) -> dict:
-    """Write config.yaml, each ``<name>.safetensors`` and meta.json (with the weights' hash) into ``out``."""
+    """Write config.yaml, each ``<name>.safetensors`` and meta.json (with the weights' hash) into ``out``: all
+    to temporary names first, renamed once every file is complete (meta.json, the dir's marker, last)."""
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    for name, state in weights.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / f"{name}.safetensors"))
-    meta = {"format": FORMAT, **meta, "hash": file_hash(out / "model.safetensors")}
-    write_json(out / "meta.json", meta)
+    names = ["config.yaml", *(f"{name}.safetensors" for name in weights), "meta.json"]
+    with atomic.atomic_paths(*(out / name for name in names)) as temps:
+        tmp = dict(zip(names, temps, strict=True))
+        OmegaConf.save(cfg, tmp["config.yaml"], resolve=True)
+        for name, state in weights.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp[f"{name}.safetensors"]))
+        meta = {"format": FORMAT, **meta, "hash": file_hash(tmp["model.safetensors"])}
+        tmp["meta.json"].write_text(_dumps(meta))
+    for stale in {"ema.safetensors"} - set(names):  # an older save's EMA would be loaded in place of these weights
+        (out / stale).unlink(missing_ok=True)
     return meta
 
 
 def copy(src: Path, dst: Path) -> None:
-    """Copy a model dir's defining files (config, weights, meta) to ``dst``."""
+    """Copy a model dir's defining files (config, weights, meta) to ``dst``: to temporary names, then renamed."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "meta.json", "model.safetensors", "ema.safetensors"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    names = [n for n in ("config.yaml", "model.safetensors", "ema.safetensors", "meta.json") if (src / n).is_file()]
+    with atomic.atomic_paths(*(dst / name for name in names)) as temps:
+        for name, tmp in zip(names, temps, strict=True):
+            shutil.copy2(src / name, tmp)
 
 
 def load_weights(path: Path) -> dict:
@@ -89,8 +118,12 @@ def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise UserError(f"{path} is missing: the model dir is incomplete")
-    return load_file(str(path))
+        raise UserError(f"{path} is missing: the model dir {path.parent} is incomplete "
+                        "(re-create it or restore the file)")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged file
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
 def load(path: str | Path, use_ema: bool = True):
@@ -101,14 +134,23 @@ def load(path: str | Path, use_ema: bool = True):
     from ldmkit.models.first_stage import FirstStage
     from ldmkit.models.ldm import LatentDiffusion
 
+    def load_state(module: Any, weights: Path) -> None:
+        """Load weights into a module built from config.yaml; a mismatch is one line, not a traceback."""
+        try:
+            module.load_state_dict(load_weights(weights))
+        except RuntimeError as exc:  # missing / unexpected keys or wrong shapes
+            raise UserError(f"{weights} does not fit the model in {path}/config.yaml "
+                            f"({str(exc).splitlines()[0]})") from None
+
     path = Path(path)
     meta = read_json(path / "meta.json")
+    check_complete(path, str(meta.get("kind")))
     cfg = OmegaConf.load(path / "config.yaml")
     if meta.get("kind") == "first_stage":
-        if file_hash(path / "model.safetensors") != meta["hash"]:
-            raise UserError(f"{path}/model.safetensors does not match the hash in meta.json")
+        if file_hash(path / "model.safetensors") != meta.get("hash"):
+            raise UserError(f"{path}/model.safetensors does not match the hash in meta.json (damaged or replaced)")
         ae = instantiate(cfg.first_stage)
-        ae.load_state_dict(load_weights(path / "model.safetensors"))
+        load_state(ae, path / "model.safetensors")
         return FirstStage(ae, meta["scale_factor"]).eval()
     if meta.get("kind") == "ldm":
         first_stage = load(path / "first_stage")
@@ -123,6 +165,6 @@ def load(path: str | Path, use_ema: bool = True):
             prediction=meta.get("prediction", "eps"),
         )
         weights = path / ("ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "model.safetensors")
-        ldm.trainable().load_state_dict(load_weights(weights))
+        load_state(ldm.trainable(), weights)
         return ldm.eval()
     raise UserError(f"{path}/meta.json: unknown model kind {meta.get('kind')!r}")

@@ -14,6 +14,8 @@ from ldmkit.errors import UserError
 def _fake(path, kind, mtime):
     path.mkdir(parents=True)
     (path / "meta.json").write_text(json.dumps({"kind": kind}))
+    (path / "config.yaml").write_text("{}\n")
+    (path / "model.safetensors").write_bytes(b"")
     os.utime(path / "meta.json", (mtime, mtime))
 
 
@@ -26,10 +28,13 @@ def test_latest_is_the_newest_dir_of_that_kind(tmp_path, monkeypatch):
     assert modeldir.resolve(str(tmp_path / "runs/train-ae/old"), "first_stage", "ae").name == "old"
     with pytest.raises(UserError, match="run `ldmkit train-ldm`"):
         modeldir.resolve("latest", "ldm", "ckpt")
-    with pytest.raises(UserError, match="holds a first_stage model, expected a ldm model"):
+    with pytest.raises(UserError, match="is a first-stage .autoencoder. dir .* needs an LDM dir"):
         modeldir.resolve(str(tmp_path / "runs/train-ae/old"), "ldm", "ckpt")
     with pytest.raises(UserError, match="no meta.json"):
         modeldir.resolve(str(tmp_path), "first_stage", "ae")
+    (tmp_path / "runs/train-ae/new/model.safetensors").unlink()
+    with pytest.raises(UserError, match="model.safetensors is missing"):
+        modeldir.resolve(str(tmp_path / "runs/train-ae/new"), "first_stage", "ae")
 
 
 def test_save_writes_hash_of_weights(tmp_path):

@@ -4,7 +4,8 @@
   not an image, truncated/corrupt, too many pixels). Only plain raster formats are opened (no EPS/PDF,
   which would shell out to Ghostscript), and the EXIF orientation of camera photos is applied.
 - :func:`to_rgb`: any PIL mode -> 8-bit RGB. Transparency is composited onto white; 16-bit greyscale
-  (``I;16*``, and ``I``, read as a 16-bit range) is scaled to 8 bits (v / 257), not clipped.
+  (``I;16*``, and ``I``, read as a 16-bit range) is scaled to 8 bits (v / 257), not clipped. 16-bit RGB(A)
+  PNGs arrive already as 8-bit RGB(A): Pillow keeps each sample's high byte (at most 1 level from v / 257).
 - :class:`ImageTransform`: PIL image -> float32 (3, R, R) in [-1, 1] (shorter side resized to R with
   antialiased bicubic, then a centre or random R x R crop, then an optional random horizontal flip).
   Randomness comes from torch's global RNG, which DataLoader seeds per worker.

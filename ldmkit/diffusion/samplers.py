@@ -8,6 +8,8 @@ the starting noise N(0, I); the result is the final latent. This module holds th
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -173,3 +175,30 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     if name not in table:
         raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(table)}")
     return table[name]
+
+
+def _number(options: dict, key: str, whole: bool = False) -> float | int:
+    """A sampler option that must be a (whole) number, else a one-line error naming it."""
+    value = options[key]
+    ok = isinstance(value, int) if whole else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        raise UserError(f"sampler.{key}={value!r}: must be a {'whole number' if whole else 'number'}")
+    return value
+
+
+def check_sampler(sampler: Callable[..., Tensor], num_timesteps: int) -> None:
+    """Stop on step counts and options the sampler cannot use (one line), before any sampling starts."""
+    func = getattr(sampler, "func", sampler)
+    defaults = {k: p.default for k, p in inspect.signature(func).parameters.items() if p.default is not p.empty}
+    options = {**defaults, **getattr(sampler, "keywords", {})}
+    if "steps" not in options:
+        return
+    steps = _number(options, "steps", whole=True)
+    if func in (sample_ddim, sample_plms):
+        ddim_timesteps(num_timesteps, steps, options.get("discretize", "uniform"))
+    elif func is sample_ddpm and not 1 <= steps <= num_timesteps:
+        raise UserError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
+    elif steps < 1:
+        raise UserError(f"sampler.steps must be >= 1, got {steps}")
+    if "eta" in options and not (math.isfinite(_number(options, "eta")) and options["eta"] >= 0):
+        raise UserError(f"sampler.eta={options['eta']}: must be a finite number >= 0 (0 = deterministic)")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress, TimeElapsedColumn
 from torch import Tensor
 
+from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
 from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.models.ldm import LatentDiffusion
@@ -48,6 +49,22 @@ def reference_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:
     return reference_values(source_dataset_cfg(model_dir), ldm.cond, n)
 
 
+MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only saturate the images
+
+
+def check_guidance(value: Any, option: str = "guidance") -> None:
+    """A guidance scale must be a finite number in [0, MAX_GUIDANCE] (0 = unconditional, 1 = no guidance)."""
+    if value is None:
+        return
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{option}={value!r}: the classifier-free guidance scale must be a number") from None
+    if isinstance(value, bool) or not 0 <= scale <= MAX_GUIDANCE:  # NaN fails both comparisons
+        raise UserError(f"{option}={value}: the classifier-free guidance scale must be in [0, {MAX_GUIDANCE:g}] "
+                        "(1 = no guidance, 0 = unconditional)")
+
+
 def generate_stream(
     ldm: LatentDiffusion,
     chunks: Iterable[tuple[Any, Any, int]],
@@ -59,6 +76,8 @@ def generate_stream(
 ) -> Iterator[Tensor]:
     """Images in [-1, 1] (on CPU) batch by batch for (values, uncond, count) chunks, with rich progress over
     batches and steps; the i-th image overall uses seed + i, whatever the batching."""
+    check_sampler(sampler, ldm.schedule.num_timesteps)  # before the progress bar: a bad option is one line
+    check_guidance(guidance)
     done = 0
     with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console, transient=True) as bar:
         batches = bar.add_task("images", total=total)

@@ -106,6 +106,15 @@ def _prompts(cfg: DictConfig) -> list[str] | None:
     return prompts or None
 
 
+def check_input_files(cfg: DictConfig) -> None:
+    """Every file the input options name exists and a prompts file holds prompts (before any model loads)."""
+    for option in ("prompts_file", "layout", "semantic", "image", "mask"):
+        for value in as_list(cfg.get(option)) or []:
+            if not Path(str(value)).is_file():
+                raise UserError(f"{option}={value}: no such file")
+    _prompts(cfg)
+
+
 def parse_label(label: Any, num_classes: int, option: str = "label") -> int:
     """A class id or a class name of the shapes dataset ('red circle') -> class id."""
     from ldmkit.data.shapes import NUM_CLASSES, class_name

@@ -13,27 +13,33 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from ldmkit import modeldir
+from ldmkit.atomic import atomic_path, write_text
 from ldmkit.diffusion.guidance import guidance_scale
+from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
 from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
-from ldmkit.tasks.generation import generate, reference_conditions, source_dataset_cfg
-from ldmkit.tasks.inputs import Requests, negative_values, repeat_requests, user_requests
+from ldmkit.tasks.generation import check_guidance, generate, reference_conditions, source_dataset_cfg
+from ldmkit.tasks.inputs import Requests, check_input_files, negative_values, repeat_requests, user_requests
+
+
+def check_whole(value: Any, option: str, minimum: int | None = None, what: str = "") -> None:
+    """A whole-number option (at least ``minimum``), else one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise UserError(f"{option}={value!r}: must be a whole number{what}{bound}")
 
 
 def check_options(cfg: DictConfig) -> None:
     """Numbers that make no sense stop here, in one line."""
-    if cfg.n < 1:
-        raise UserError(f"n={cfg.n}: need at least one sample")
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size}: need at least 1")
-    if cfg.guidance is not None and not 0 <= float(cfg.guidance) <= 100:
-        raise UserError(f"guidance={cfg.guidance}: the classifier-free guidance scale must be in [0, 100] "
-                        "(1 = no guidance, 0 = unconditional)")
+    check_whole(cfg.n, "n", 1)
+    check_whole(cfg.batch_size, "batch_size", 1)
+    check_whole(cfg.seed, "seed")
+    check_guidance(cfg.guidance)
     for key in ("H", "W"):
-        if cfg.get(key) is not None and int(cfg[key]) < 1:
-            raise UserError(f"{key}={cfg[key]}: must be a positive number of pixels")
+        if cfg.get(key) is not None:
+            check_whole(cfg[key], key, 1, " of pixels")
 
 
 def reference_requests(ldm: LatentDiffusion, ckpt: Path, n: int) -> Requests | None:
@@ -67,8 +73,12 @@ def image_size(cfg: DictConfig, reqs: Requests | None, ldm: LatentDiffusion) -> 
 def run(cfg: DictConfig) -> None:
     """Sample ``n`` images per request and write them with the conditions that produced them."""
     check_options(cfg)
+    check_input_files(cfg)
     out = run_dir()
     ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
+    timesteps = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "diffusion.timesteps")
+    if timesteps is not None:  # a bad sampler option stops before the model loads
+        check_sampler(instantiate(cfg.sampler), int(timesteps))
     ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
     sr_factor = int(source_dataset_cfg(ckpt).get("sr_factor", 4))
     reqs = user_requests(ldm.cond, cfg, sr_factor)
@@ -124,11 +134,10 @@ def save_png_with_text(image: Tensor, path: Path, record: dict) -> None:
     for key, value in record.items():
         if key != "file" and value is not None:
             info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy()).save(path, pnginfo=info)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy()).save(tmp, pnginfo=info)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON object per line, written to a temporary name and renamed."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    """One JSON object per line, written atomically (temporary name, fsync, rename)."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
