@@ -87,7 +87,7 @@ def conditioner(cond_cfg: dict | None, device: torch.device | None = None) -> An
     return cond.to(device) if device is not None else cond
 
 
-def _models(ae_dir: str, cond_cfg: dict | None, device: torch.device) -> tuple[Any, Any]:
+def load_models(ae_dir: str, cond_cfg: dict | None, device: torch.device) -> tuple[Any, Any]:
     """The first stage of ``ae_dir`` and the caching conditioner on ``device``, loaded once per process."""
     return _once(f"ae|{ae_dir}|{device}", lambda: modeldir.load(ae_dir).to(device)), conditioner(cond_cfg, device)
 
@@ -109,7 +109,7 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
     from ldmkit.tasks.common import device
 
     dev = device()
-    stage, cond = _models(ae_dir, cond_cfg, dev)
+    stage, cond = load_models(ae_dir, cond_cfg, dev)
     pairs, dataset = _items(dataset_cfg, unit)
     count = 0
     with atomic_path(Path(out) / unit.name) as tmp, wds.TarWriter(str(tmp)) as sink:

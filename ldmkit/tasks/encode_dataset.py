@@ -16,9 +16,17 @@ from rich.table import Table
 from ldmkit import modeldir
 from ldmkit.atomic import leftovers
 from ldmkit.data.access import first_item
-from ldmkit.data.latent_writer import Unit, conditioner, encode_unit, encode_unit_star, plan, verify
+from ldmkit.data.latent_writer import (
+    Unit,
+    conditioner,
+    encode_unit,
+    encode_unit_star,
+    load_models,
+    plan,
+    verify,
+)
 from ldmkit.errors import UserError
-from ldmkit.tasks.common import console, run_dir
+from ldmkit.tasks.common import console, device, run_dir
 
 
 def _plan_record(cfg: DictConfig, units: list[Unit], ae_meta: dict) -> dict:
@@ -130,6 +138,8 @@ def run(cfg: DictConfig) -> None:
     _remove_leftovers(out, units)
     if done:
         console.print(f"continuing {out}: {len(done)} of {len(units)} shards already encoded")
+    if todo:  # load (and check) the first stage before the progress bar: its errors are one clean line
+        load_models(str(ae_dir), None, device())
     with Progress(console=console) as bar:
         task = bar.add_task("encoding shards", total=len(units), completed=len(done))
         for result in _run_units(cfg, ae_dir, todo, out):

@@ -37,7 +37,7 @@ from ldmkit.evaluation.features import (
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.models.conditioners import NoConditioner
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
-from ldmkit.tasks.generation import generate_stream, source_dataset_cfg
+from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg
 
 
 def folder_dataset(path: str, option: str):
@@ -207,6 +207,7 @@ def run(cfg: DictConfig) -> None:
     if n < 2:
         raise UserError(f"--samples {n}: need at least 2")
     metrics_wanted = check_metrics(cfg.metrics)
+    check_guidance(cfg.guidance)
     weights, reason = find_inception_weights(cfg.inception_weights)
     if weights is None and cfg.on_missing_weights != "skip":
         raise UserError(reason)
