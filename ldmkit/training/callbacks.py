@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -60,14 +61,15 @@ class FiniteGuard(pl.Callback):
     """Stop at a non-finite loss before its backward pass (no update uses it), and never write a checkpoint of
     non-finite weights: the last checkpoint stays good. One line names the step and the checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.saved_step: int | None = None
 
     def _stop(self, what: str, step: int, trainer: pl.Trainer) -> None:
         """Raise the one-line error about training step ``step``."""
-        kept = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        last = (f"the last checkpoint {kept} (step {self.saved_step}) is intact and resume=true continues from it"
-                if kept and self.saved_step is not None else "no checkpoint was written yet")
+        at = f" (step {self.saved_step})" if self.saved_step is not None else ""
+        last = (f"the last checkpoint {self.path}{at} is intact and resume=true continues from it"
+                if self.path.is_file() else "no checkpoint was written yet")
         raise UserError(f"{what} at training step {step}: training stopped; "
                         f"{last} (try a lower optim.lr or trainer.gradient_clip_val=1.0)")
 

@@ -94,12 +94,13 @@ def logged_steps(ckpt: dict) -> tuple[int, dict | None]:
 
 
 class Resumable(pl.Callback):
-    """Keeps a run resumable: the epoch position and RNG states go into every checkpoint and come back on
-    resume (the loader restarts at the next unread batch); SIGTERM (raised by Lightning after the step) and
-    SIGUSR1 (stops after the step) write ``path`` before the process exits; training's end writes it too."""
+    """Keeps a run resumable: writes ``path`` every ``every_n_steps`` optimiser steps, at the last step, and on
+    SIGTERM (raised by Lightning after the step) or SIGUSR1 (stops after the step) before the process exits;
+    the epoch position and RNG states go into it and come back on resume (the loader restarts at the next
+    unread batch)."""
 
-    def __init__(self, loader: DataLoader, path: Path) -> None:
-        self.loader, self.path = loader, path
+    def __init__(self, loader: DataLoader, path: Path, every_n_steps: int | None = None) -> None:
+        self.loader, self.path, self.every = loader, path, every_n_steps
         self.epoch = self.batches = 0
         self.row: dict | None = None
         self.signal: int | None = None
@@ -129,7 +130,7 @@ class Resumable(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        """Count the batches done in this epoch and keep this step's log row (runs before ModelCheckpoint saves)."""
+        """Count the batches done in this epoch and keep this step's log row; save when due."""
         self.batches = batch_idx + 1
         logs = trainer._logger_connector  # the step's row exists here, but reaches the logger only after the save
         self.row = None
@@ -139,7 +140,8 @@ class Resumable(pl.Callback):
                         **{k: float(v) for k, v in logs.metrics["log"].items()}}
         if self.signal is not None:  # SIGUSR1
             trainer.should_stop = True
-        if self.signal is not None or 0 < trainer.max_steps <= trainer.global_step:
+        step = trainer.global_step
+        if self.signal is not None or 0 < trainer.max_steps <= step or (self.every and step % self.every == 0):
             self._save(trainer)  # mid-epoch state: a resume continues this epoch, also to extend max_steps
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

@@ -12,12 +12,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader
 
 from ldmkit import atomic
+from ldmkit.atomic import leftovers
 from ldmkit.errors import UserError
 from ldmkit.training.callbacks import FiniteGuard
 from ldmkit.training.resume import LAST, Resumable, check_checkpoint, find_checkpoint, logged_steps
@@ -99,10 +100,9 @@ def extra_loggers(makers: Any, run_dir: Path) -> list:
 
 
 def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None,
-                 every_n_steps: int | None = None, resumed_logs: tuple[int, dict | None] | None = None,
-                 loggers: list | None = None) -> pl.Trainer:
-    """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs`` (+ ``loggers``), ``run_dir/checkpoints/last.ckpt``
-    every ``every_n_steps`` optimiser steps (atomic), non-finite losses stop it."""
+                 resumed_logs: tuple[int, dict | None] | None = None, loggers: list | None = None) -> pl.Trainer:
+    """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs`` (+ ``loggers``), atomic checkpoint writes (the
+    :class:`Resumable` callback decides when), non-finite losses stop it."""
     import logging
 
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -112,14 +112,13 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
     # Lightning cannot see that Resumable restarts the loader mid-epoch: its warning would be wrong
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     bar = RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50)
-    checkpoints = ModelCheckpoint(dirpath=str(run_dir / LAST.parent), save_last=True, save_top_k=0,
-                                  every_n_train_steps=every_n_steps or None, enable_version_counter=False)
     try:
         return pl.Trainer(
             **trainer_cfg,
             default_root_dir=str(run_dir),
             logger=[RunCSVLogger(run_dir, resumed_logs), *(loggers or [])],  # the CSV log first: resume reads it
-            callbacks=[checkpoints, bar, FiniteGuard(), *(callbacks or [])],
+            callbacks=[bar, FiniteGuard(run_dir / LAST), *(callbacks or [])],
+            enable_checkpointing=False,  # Resumable writes last.ckpt: periodically, on signals, at the end
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,  # the EpochSampler splits map-style data over ranks itself
             enable_model_summary=False,
@@ -138,10 +137,11 @@ def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path,
     trainer_cfg = dict(cfg.trainer)
     if trainer_cfg.get("max_steps", -1) > 0:
         trainer_cfg["max_steps"] *= steps_per_batch
-    resumable = Resumable(loader, run_dir / LAST)
+    for leftover in leftovers(run_dir / LAST):  # a write that a kill interrupted
+        leftover.unlink(missing_ok=True)
     every = cfg.checkpoint.every_n_steps
-    trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable],
-                           every * steps_per_batch if every else None, keep, loggers)
+    resumable = Resumable(loader, run_dir / LAST, every * steps_per_batch if every else None)
+    trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable], keep, loggers)
     if ckpt_path:
         _say(trainer, f"resuming from {ckpt_path}")
     from pytorch_lightning.utilities.exceptions import SIGTERMException
