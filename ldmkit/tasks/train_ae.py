@@ -37,14 +37,21 @@ def _chosen(group: str) -> str | None:
 
 
 def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
-    """Fit the autoencoder (and discriminator) with Lightning; return the training steps done."""
+    """Fit the autoencoder (and discriminator) with Lightning, writing reconstruction grids and the loss plot;
+    return the training steps done."""
     from ldmkit.training.autoencoder_module import AutoencoderModule
     from ldmkit.training.loader import make_loader
-    from ldmkit.training.trainer import fit
+    from ldmkit.training.pictures import LossPlot, ReconstructionGrids, check_options
+    from ldmkit.training.trainer import extra_loggers, fit
 
+    check_options(cfg.images.every_n_steps, cfg.images.count)
+    loggers = extra_loggers(instantiate(cfg.logger), out)
+    val = instantiate(cfg.dataset, split="val", size=cfg.images.count)  # the grids' fixed images
     module = AutoencoderModule(ae, instantiate(cfg.loss), lr=cfg.optim.lr, betas=cfg.optim.betas)
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
-    trainer = fit(cfg, module, loader, out, steps_per_batch=module.steps_per_batch)
+    pictures = [ReconstructionGrids(out, val, cfg.images.every_n_steps, cfg.images.count), LossPlot(out)]
+    trainer = fit(cfg, module, loader, out, callbacks=pictures, steps_per_batch=module.steps_per_batch,
+                  loggers=loggers)
     return module.ae_step if trainer.is_global_zero else -1
 
 

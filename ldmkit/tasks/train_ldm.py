@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ldmkit import modeldir
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
@@ -68,7 +68,8 @@ def run(cfg: DictConfig) -> None:
     from ldmkit.training.callbacks import Snapshots, Throughput
     from ldmkit.training.ldm_module import LDMModule
     from ldmkit.training.loader import make_loader
-    from ldmkit.training.trainer import fit
+    from ldmkit.training.pictures import LossPlot, SampleGrids, check_options
+    from ldmkit.training.trainer import extra_loggers, fit
 
     out = run_dir()
     pl.seed_everything(cfg.seed, verbose=False)
@@ -77,7 +78,10 @@ def run(cfg: DictConfig) -> None:
     latent_shape = _latent_shape(cfg, ae_meta)
     with open_dict(cfg):
         cfg.ae = str(ae_dir.resolve())
+    check_options(cfg.images.every_n_steps, cfg.images.count)
+    loggers = extra_loggers(instantiate(cfg.logger), out)
     dataset = instantiate(cfg.dataset)
+    val = _val_split(cfg)
     cond = instantiate(cfg.cond)
     _check_fields(cond, dataset)
     _fill_unet(cfg, ae_meta["latent_channels"], cond.concat_channels)
@@ -106,13 +110,27 @@ def run(cfg: DictConfig) -> None:
 
     throughput = Throughput(cfg.loader.batch_size)
     snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))
-    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots])
+    grids = SampleGrids(out, val, cfg.images.every_n_steps, cfg.images.count, cfg.images.steps, cfg.seed)
+    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots, grids, LossPlot(out)], loggers=loggers)
     skipped = write_skips(dataset, out)
     if not trainer.is_global_zero:
         return
     speed = {"train_samples_per_s": round(throughput.samples_per_s, 3)} if throughput.samples_per_s else {}
     meta = write(out, trainer.global_step, {**speed, **({"skipped_samples": skipped["skipped"]} if skipped else {})})
     console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
+
+
+def _val_split(cfg: DictConfig):
+    """The first ``images.count`` validation samples (of the source images for dataset=latents), whose conditions
+    the sample grids use; None (null conditions, one line) when there is no such split."""
+    source = cfg.dataset
+    try:
+        if is_latent_shards(source):
+            source = OmegaConf.create(read_manifest(source.path)["dataset"])
+        return instantiate(source, split="val", size=cfg.images.count)
+    except UserError as exc:
+        console.print(f"sample grids use the null condition: no validation split to take conditions from ({exc})")
+        return None
 
 
 def _check_fields(cond, dataset) -> None:
