@@ -36,6 +36,7 @@ class LatentDiffusion(nn.Module):
         self.first_stage = first_stage.requires_grad_(False)
         cond.attach(self.first_stage)
         self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.sample_dtype: torch.dtype | None = None  # UNet autocast dtype when no grad is needed (speed.autocast)
 
     def trainable(self) -> nn.ModuleDict:
         """The trained parts (UNet + conditioner) as one module: what model/ema.safetensors hold."""
@@ -52,7 +53,11 @@ class LatentDiffusion(nn.Module):
         cond = cond or Cond()
         if cond.concat is not None:
             x = torch.cat([x, resize_to(cond.concat.to(x.dtype), x.shape[-2:])], dim=1)
-        return self.unet(x, t, context=cond.context, context_mask=cond.mask)
+        if self.sample_dtype is None or torch.is_grad_enabled():
+            return self.unet(x, t, context=cond.context, context_mask=cond.mask)
+        with torch.autocast(device_type=x.device.type, dtype=self.sample_dtype):
+            out = self.unet(x, t, context=cond.context, context_mask=cond.mask)
+        return out.float()
 
     def eps(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         """The noise prediction implied by the UNet's output (what every sampler consumes)."""

@@ -36,6 +36,7 @@ from ldmkit.evaluation.features import (
 )
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.models.conditioners import NoConditioner
+from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
 from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg
 
@@ -136,7 +137,7 @@ def _accuracy_tally(dataset, values: Any):
 def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> dict:
     """Sample ``n`` images from ckpt= with reference conditions into ``generated``; conditional accuracy."""
     ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
-    ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
+    ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), Speed.from_config(cfg.speed))
     dataset = reference_dataset(cfg, ckpt)
     tally, first, seconds = None, True, 0.0
     stream = _sample_stream(cfg, ldm, dataset, n)
@@ -202,6 +203,7 @@ def _keep(cfg: DictConfig, images: torch.Tensor, start: int, out: Path) -> None:
 def run(cfg: DictConfig) -> None:
     """Stream ``samples`` images through Inception, compare with as many reference images, write metrics.json."""
     bound_heap_growth()
+    Speed.from_config(cfg.speed)  # a bad switch is one line before anything runs
     out = run_dir()
     n = int(cfg.samples)
     if n < 2:

@@ -19,6 +19,7 @@ from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
 from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
+from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
 from ldmkit.tasks.generation import check_guidance, generate, reference_conditions, source_dataset_cfg
 from ldmkit.tasks.inputs import Requests, check_input_files, negative_values, repeat_requests, user_requests
@@ -73,13 +74,14 @@ def image_size(cfg: DictConfig, reqs: Requests | None, ldm: LatentDiffusion) -> 
 def run(cfg: DictConfig) -> None:
     """Sample ``n`` images per request and write them with the conditions that produced them."""
     check_options(cfg)
+    speed = Speed.from_config(cfg.speed)
     check_input_files(cfg)
     out = run_dir()
     ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
     timesteps = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "diffusion.timesteps")
     if timesteps is not None:  # a bad sampler option stops before the model loads
         check_sampler(instantiate(cfg.sampler), int(timesteps))
-    ldm = modeldir.load(ckpt, use_ema=cfg.use_ema).to(device())
+    ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), speed)
     sr_factor = int(source_dataset_cfg(ckpt).get("sr_factor", 4))
     reqs = user_requests(ldm.cond, cfg, sr_factor)
     per_request = cfg.n

@@ -10,6 +10,7 @@ from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
 from ldmkit.errors import UserError
 from ldmkit.models.ldm import LatentDiffusion
+from ldmkit.speed import Speed, prepare, set_threads, training_precision
 from ldmkit.tasks.common import console, run_dir
 
 
@@ -72,6 +73,10 @@ def run(cfg: DictConfig) -> None:
     from ldmkit.training.trainer import extra_loggers, fit
 
     out = run_dir()
+    speed = Speed.from_config(cfg.speed)
+    set_threads(speed.threads)
+    with open_dict(cfg):
+        cfg.trainer.precision = training_precision(cfg.trainer.precision, speed)
     pl.seed_everything(cfg.seed, verbose=False)
     ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
@@ -96,6 +101,7 @@ def run(cfg: DictConfig) -> None:
     lr = effective_lr(cfg)
     module = LDMModule(ldm, lr=lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay,
                        min_snr_gamma=cfg.objective.min_snr_gamma)
+    prepare(ldm.unet, speed)  # after the EMA copy was made: only the trained UNet is compiled
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
     meta = {"kind": "ldm", "prediction": cfg.objective.prediction, "lr": lr, "cond": type(cond).__name__,
             "cond_key": cond.key, "latent_shape": latent_shape, "f": ae_meta["f"],
