@@ -207,12 +207,13 @@ class Tracker:
             self._emit(state, changed_only=True)
 
     def reset(self, task: int, total: int | None = None) -> None:
-        """Start a task again from zero (a new inner loop)."""
+        """Start a task again from zero (a new inner loop; ``total`` None keeps the total)."""
         if self.bar is not None:
             self.bar.reset(task, total=total, base=0)
         elif task in self.plain:
             state = self.plain[task]
-            state.completed, state.base, state.start, state.total = 0, 0, self.clock(), total
+            state.completed, state.base, state.start = 0, 0, self.clock()
+            state.total = state.total if total is None else total
 
     def _emit(self, task: PlainTask, changed_only: bool = False) -> None:
         """Write the task's line (``changed_only``: unless the last line said the same)."""

@@ -87,6 +87,20 @@ def test_interval_zero_prints_every_change_and_no_duplicate_final_line():
     assert len(stream.getvalue().splitlines()) == 3
 
 
+def test_reset_starts_a_task_again_keeping_its_total():
+    clock = Clock()
+    tracker, stream = plain(clock, interval=0)
+    with tracker:
+        task = tracker.add("inner", total=4)
+        clock.now += 10
+        tracker.update(task, advance=4)
+        tracker.reset(task)
+        clock.now += 1
+        tracker.update(task, advance=2)
+    assert stream.getvalue().splitlines() == ["inner: 4/4 (100%) 2.5 s/it, elapsed 0:00:10, ETA 0:00:00",
+                                              "inner: 2/4 (50%) 2.0 it/s, elapsed 0:00:01, ETA 0:00:01"]
+
+
 def test_an_error_leaves_no_final_line_and_off_prints_nothing(monkeypatch):
     clock = Clock()
     tracker, stream = plain(clock)
