@@ -9,7 +9,7 @@ shards, so the output is balanced too). Units are independent: ``workers`` proce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -101,9 +101,10 @@ def cache_fields(cond: Any, batch: dict) -> dict[str, torch.Tensor]:
 
 
 def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size: int,
-                cond_cfg: dict | None = None) -> dict:
+                cond_cfg: dict | None = None, on_batch: Callable[[int], None] | None = None) -> dict:
     """Encode one unit into ``out/<name>``: written under a hidden temporary name (``ldmkit.atomic``), fsynced and
-    renamed when complete, so a killed writer never leaves a half shard under the final name."""
+    renamed when complete, so a killed writer never leaves a half shard under the final name. ``on_batch(n)``
+    follows each batch of ``n`` samples written."""
     import webdataset as wds
 
     from ldmkit.tasks.common import device
@@ -124,6 +125,8 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
                 row = {k: v[i] for k, v in batch.items()}
                 sink.write({"__key__": key, **encode_fields({"latent_mean": mean[i], "latent_std": std[i], **row})})
             count += len(keys)
+            if on_batch is not None:
+                on_batch(len(keys))
     skips = getattr(dataset, "skips", None)
     summary = skips.summary() if skips is not None else {"skipped": 0, "examples": []}
     return {"unit": asdict(unit), "name": unit.name, "count": count, "skipped": summary["skipped"],

@@ -6,11 +6,11 @@ Resumable and parallel: see :mod:`ldmkit.data.latent_writer`. ``verify=DIR`` che
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import Progress
 from rich.table import Table
 
 from ldmkit import modeldir
@@ -26,6 +26,7 @@ from ldmkit.data.latent_writer import (
     verify,
 )
 from ldmkit.errors import UserError
+from ldmkit.progress import Tracker
 from ldmkit.tasks.common import console, device, run_dir
 
 
@@ -103,13 +104,15 @@ def _remove_leftovers(out: Path, units: list[Unit]) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path):
-    """Encode the units in this process or in ``workers`` processes; yield each result as it finishes."""
+def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path,
+               on_batch: Callable[[int], None] | None = None) -> Iterator[dict]:
+    """Encode the units in this process (``on_batch(samples)`` after each batch) or in ``workers`` processes;
+    yield each result as it finishes."""
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     workers = int(cfg.workers)
     if workers <= 1 or len(todo) <= 1:
         for unit in todo:
-            yield encode_unit(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, _cond_cfg(cfg))
+            yield encode_unit(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, _cond_cfg(cfg), on_batch)
         return
     import torch.multiprocessing as mp
 
@@ -117,6 +120,14 @@ def _run_units(cfg: DictConfig, ae_dir: Path, todo: list[Unit], out: Path):
     jobs = [(str(ae_dir), dataset_cfg, unit, str(out), cfg.batch_size, _cond_cfg(cfg), threads) for unit in todo]
     with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
         yield from pool.imap_unordered(encode_unit_star, jobs)
+
+
+def _unit_size(units: list[Unit]) -> tuple[Callable[[Unit], int], str]:
+    """What a unit counts for in the progress and the unit's name: its samples (index ranges), else one shard
+    (stream shards: their sizes are unknown)."""
+    if all(u.url is None for u in units):
+        return (lambda unit: unit.stop - unit.start), "sample"
+    return (lambda unit: 1), "shard"
 
 
 def run(cfg: DictConfig) -> None:
@@ -140,12 +151,15 @@ def run(cfg: DictConfig) -> None:
         console.print(f"continuing {out}: {len(done)} of {len(units)} shards already encoded")
     if todo:  # load (and check) the first stage before the progress bar: its errors are one clean line
         load_models(str(ae_dir), None, device())
-    with Progress(console=console) as bar:
-        task = bar.add_task("encoding shards", total=len(units), completed=len(done))
-        for result in _run_units(cfg, ae_dir, todo, out):
+    size, unit_name = _unit_size(units)
+    with Tracker(console) as tracker:
+        task = tracker.add("encode-dataset", total=sum(map(size, units)), unit=unit_name,
+                           completed=sum(size(u) for u in units if u.name in done))
+        on_batch = (lambda count: tracker.update(task, advance=count)) if unit_name == "sample" else None
+        for result in _run_units(cfg, ae_dir, todo, out, on_batch):
             done[result["name"]] = {k: result[k] for k in ("count", "skipped", "examples")}
             _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
-            bar.advance(task)
+            tracker.update(task, completed=sum(size(u) for u in units if u.name in done))
     manifest = _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
     skipped = f", {manifest['skipped_samples']} broken skipped" if manifest["skipped_samples"] else ""
     console.print(f"{manifest['count']} samples in {len(manifest['shards'])} shard(s){skipped} -> {out}")

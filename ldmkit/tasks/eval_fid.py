@@ -36,6 +36,7 @@ from ldmkit.evaluation.features import (
 )
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.models.conditioners import NoConditioner
+from ldmkit.progress import track
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
 from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg
@@ -76,6 +77,11 @@ def batches(items: Iterator[dict], batch_size: int) -> Iterator[dict]:
         yield default_collate(chunk)
 
 
+def _tracked(items: Iterator[dict], label: str, n: int) -> Iterator[dict]:
+    """Batches reported as progress over (at most) ``n`` images."""
+    return track(items, label, total=n, unit="img", size=lambda b: len(b["image"]))
+
+
 def cycled(dataset, n: int) -> Iterator[dict]:
     """``n`` readable items of the dataset, starting again from the first when it runs out."""
     given = 0
@@ -90,7 +96,8 @@ def cycled(dataset, n: int) -> Iterator[dict]:
 
 def reference_features(cfg: DictConfig, dataset, n: int, extractor, weights: Path | None) -> tuple[dict | None, dict]:
     """Features of the first ``n`` reference images, from the content-hashed cache when it has them."""
-    images = (to_uint8(b["image"]) for b in batches(islice(EachOnce(dataset), n), cfg.batch_size))
+    images = (to_uint8(b["image"]) for b in _tracked(batches(islice(EachOnce(dataset), n), cfg.batch_size),
+                                                     "eval-fid reference: hashing", n))
     salt = f"{EXTRACTOR}|{modeldir.file_hash(weights) if weights else 'none'}|{n}"
     digest, count = content_hash(images, salt)
     info = {"reference": count, "reference_hash": digest}
@@ -103,7 +110,7 @@ def reference_features(cfg: DictConfig, dataset, n: int, extractor, weights: Pat
     if cached is not None:
         return cached, {**info, "reference_cache": "hit"}
     features = FeatureSet(extractor)
-    for batch in batches(islice(EachOnce(dataset), n), cfg.batch_size):
+    for batch in _tracked(batches(islice(EachOnce(dataset), n), cfg.batch_size), "eval-fid reference: features", n):
         features.add(to_uint8(batch["image"]))
     save_cached(path, features.tensors())
     return features.tensors(), {**info, "reference_cache": "miss", "reference_cache_file": str(path)}
@@ -115,7 +122,8 @@ def _sample_stream(cfg: DictConfig, ldm, dataset, n: int) -> Iterator[tuple[torc
     chunks = ((ldm.cond.values(b) if conditional else None, None, len(b["image"]))
               for b in batches(cycled(dataset, n), cfg.batch_size))
     feed, seen = tee(chunks)
-    stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance_scale(cfg.guidance, ldm.cond), cfg.seed)
+    stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance_scale(cfg.guidance, ldm.cond), cfg.seed,
+                             label="eval-fid sampling")
     for images, (values, _, _) in zip(stream, seen, strict=True):
         yield images, values
 
@@ -170,7 +178,7 @@ def _evaluate_ae(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> d
     stage = modeldir.load(ae_dir).to(device())
     dataset = reference_dataset(cfg, ae_dir)
     tally = ReconstructionTally()
-    for batch in batches(islice(EachOnce(dataset), n), cfg.batch_size):
+    for batch in _tracked(batches(islice(EachOnce(dataset), n), cfg.batch_size), "eval-fid reconstructing", n):
         images = batch["image"]
         with torch.no_grad():
             rec = stage.decode(stage.encode(images.to(device()))).clamp(-1, 1).cpu()
@@ -186,7 +194,7 @@ def _evaluate_ae(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> d
 def _evaluate_folder(cfg: DictConfig, n: int, generated: FeatureSet) -> dict:
     """Read up to ``n`` images of images= into ``generated``."""
     folder = folder_dataset(cfg.images, "images")
-    for batch in batches(islice(EachOnce(folder), n), cfg.batch_size):
+    for batch in _tracked(batches(islice(EachOnce(folder), n), cfg.batch_size), "eval-fid images", n):
         generated.add(to_uint8(batch["image"]))
     return {"dataset": reference_dataset(cfg, None), "images": str(Path(cfg.images).resolve()),
             "skipped_unreadable": folder.skips.summary()["skipped"]}

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import Progress, TimeElapsedColumn
 from torch import Tensor
 
 from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
 from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.models.ldm import LatentDiffusion
+from ldmkit.progress import Tracker
 from ldmkit.tasks.common import console
 
 
@@ -73,23 +73,30 @@ def generate_stream(
     guidance: float,
     seed: int,
     size: tuple[int, int] | None = None,
+    label: str = "sampling",
 ) -> Iterator[Tensor]:
-    """Images in [-1, 1] (on CPU) batch by batch for (values, uncond, count) chunks, with rich progress over
-    batches and steps; the i-th image overall uses seed + i, whatever the batching."""
+    """Images in [-1, 1] (on CPU) batch by batch for (values, uncond, count) chunks, with progress over images
+    (and, on a terminal, sampler steps) named ``label``; the i-th image overall uses seed + i, whatever the
+    batching."""
     check_sampler(sampler, ldm.schedule.num_timesteps)  # before the progress bar: a bad option is one line
     check_guidance(guidance)
     done = 0
-    with Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=console, transient=True) as bar:
-        batches = bar.add_task("images", total=total)
-        steps = bar.add_task("steps", total=None)
+    with Tracker(console, transient=True) as tracker:
+        images = tracker.add(label, total=total, unit="img")
+        steps = tracker.add("steps", plain=False)
+
+        def on_step(info: dict) -> None:
+            """Sampler step ``info["i"]`` of the current batch is done."""
+            tracker.update(steps, completed=info["i"] + 1, total=info["total"])
+            tracker.update(images, info=f"batch step {info['i'] + 1}/{info['total']}")
+
         for values, negative, count in chunks:
             generators = [torch.Generator().manual_seed(seed + i) for i in range(done, done + count)]
-            bar.reset(steps)
+            tracker.reset(steps)
             x = ldm.sample(values, n=count, sampler=sampler, guidance=guidance, generator=generators,
-                           size=size, uncond_values=negative,
-                           callback=lambda info: bar.update(steps, completed=info["i"] + 1, total=info["total"]))
+                           size=size, uncond_values=negative, callback=on_step)
             done += count
-            bar.advance(batches, count)
+            tracker.update(images, advance=count, info="")
             yield x.cpu()
 
 
@@ -110,4 +117,4 @@ def generate(
     chunks = ((None if values is None else take(values, a, min(n, a + batch_size)),
                None if uncond is None else take(uncond, a, min(n, a + batch_size)),
                min(n, a + batch_size) - a) for a in range(0, n, batch_size))
-    return torch.cat(list(generate_stream(ldm, chunks, n, sampler, guidance, seed, size)))
+    return torch.cat(list(generate_stream(ldm, chunks, n, sampler, guidance, seed, size, label="sample")))

@@ -51,7 +51,7 @@ def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
     pictures = [ReconstructionGrids(out, val, cfg.images.every_n_steps, cfg.images.count), LossPlot(out)]
     trainer = fit(cfg, module, loader, out, callbacks=pictures, steps_per_batch=module.steps_per_batch,
-                  loggers=loggers)
+                  loggers=loggers, name="train-ae")
     return module.ae_step if trainer.is_global_zero else -1
 
 

@@ -117,7 +117,8 @@ def run(cfg: DictConfig) -> None:
     throughput = Throughput(cfg.loader.batch_size)
     snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))
     grids = SampleGrids(out, val, cfg.images.every_n_steps, cfg.images.count, cfg.images.steps, cfg.seed)
-    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots, grids, LossPlot(out)], loggers=loggers)
+    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots, grids, LossPlot(out)], loggers=loggers,
+                  name="train-ldm")
     skipped = write_skips(dataset, out)
     if not trainer.is_global_zero:
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import signal
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader
@@ -21,6 +19,7 @@ from ldmkit import atomic
 from ldmkit.atomic import leftovers
 from ldmkit.errors import UserError
 from ldmkit.training.callbacks import FiniteGuard
+from ldmkit.training.progress_bar import progress_bar
 from ldmkit.training.resume import LAST, Resumable, check_checkpoint, find_checkpoint, logged_steps
 
 
@@ -100,9 +99,11 @@ def extra_loggers(makers: Any, run_dir: Path) -> list:
 
 
 def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None,
-                 resumed_logs: tuple[int, dict | None] | None = None, loggers: list | None = None) -> pl.Trainer:
+                 resumed_logs: tuple[int, dict | None] | None = None, loggers: list | None = None,
+                 name: str = "train") -> pl.Trainer:
     """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs`` (+ ``loggers``), atomic checkpoint writes (the
-    :class:`Resumable` callback decides when), non-finite losses stop it."""
+    :class:`Resumable` callback decides when), non-finite losses stop it; progress named ``name`` (a rich bar on a
+    terminal, plain lines off one)."""
     import logging
 
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -111,13 +112,13 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
     logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
     # Lightning cannot see that Resumable restarts the loader mid-epoch: its warning would be wrong
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
-    bar = RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50)
+    bar = progress_bar(trainer_cfg, name)
     try:
         return pl.Trainer(
-            **trainer_cfg,
+            **{**trainer_cfg, "enable_progress_bar": bar is not None},  # else Lightning adds its own bar
             default_root_dir=str(run_dir),
             logger=[RunCSVLogger(run_dir, resumed_logs), *(loggers or [])],  # the CSV log first: resume reads it
-            callbacks=[bar, FiniteGuard(run_dir / LAST), *(callbacks or [])],
+            callbacks=[*([bar] if bar else []), FiniteGuard(run_dir / LAST), *(callbacks or [])],
             enable_checkpointing=False,  # Resumable writes last.ckpt: periodically, on signals, at the end
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,  # the EpochSampler splits map-style data over ranks itself
@@ -128,10 +129,10 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
 
 
 def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path, callbacks: list | None = None,
-        steps_per_batch: int = 1, loggers: list | None = None) -> pl.Trainer:
-    """Train ``module`` (resuming per ``cfg.resume``) with the CSV log plus ``loggers``; ``trainer.max_steps`` and
-    ``checkpoint.every_n_steps`` count training steps (× ``steps_per_batch`` optimiser steps). SIGTERM/SIGUSR1
-    save and exit 128+signal."""
+        steps_per_batch: int = 1, loggers: list | None = None, name: str = "train") -> pl.Trainer:
+    """Train ``module`` (resuming per ``cfg.resume``) with the CSV log plus ``loggers``, progress named ``name``;
+    ``trainer.max_steps`` and ``checkpoint.every_n_steps`` count training steps (× ``steps_per_batch`` optimiser
+    steps). SIGTERM/SIGUSR1 save and exit 128+signal."""
     ckpt_path = find_checkpoint(cfg.resume, run_dir)
     keep = logged_steps(check_checkpoint(ckpt_path, module)) if ckpt_path else None
     trainer_cfg = dict(cfg.trainer)
@@ -141,7 +142,7 @@ def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path,
         leftover.unlink(missing_ok=True)
     every = cfg.checkpoint.every_n_steps
     resumable = Resumable(loader, run_dir / LAST, every * steps_per_batch if every else None)
-    trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable], keep, loggers)
+    trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable], keep, loggers, name)
     if ckpt_path:
         _say(trainer, f"resuming from {ckpt_path}")
     from pytorch_lightning.utilities.exceptions import SIGTERMException
