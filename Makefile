@@ -36,9 +36,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The benchmark suite (hours: ae_table and sampler_quality train models); BENCH=unet_throughput,f_throughput picks.
+BENCH ?=
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(if $(BENCH),--only $(BENCH)) --save benchmarks/latest.json
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -17,6 +17,7 @@ import datetime
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -101,12 +102,36 @@ def steps(model: torch.nn.Module, fn: Callable, speed: Speed, x, t, ctx) -> dict
     return {"train": train, "infer": infer}
 
 
+def profile(fn: Callable[[], None], top: int = 12) -> list[dict]:
+    """Where one call's time goes: the ``top`` operators by self CPU time, with their share of the total."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows)
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls_per_step": e.count // 3}
+            for e in rows[:top]]
+
+
 def timed(fn: Callable[[], None], iters: int) -> float:
     """Calls per second over ``iters`` calls."""
     start = time.perf_counter()
     for _ in range(iters):
         fn()
     return iters / (time.perf_counter() - start)
+
+
+def run_profile_target(args: argparse.Namespace) -> tuple:
+    """ldmkit's UNet with its inputs and step functions at fp32 (what the profile looks at)."""
+    channels = tuple(int(c) for c in args.channels.split(","))
+    model, _ = build(channels, args.head, args.latent)
+    x, t = torch.randn(args.batch, 3, args.latent, args.latent), torch.randint(0, 1000, (args.batch,))
+    ctx = torch.randn(args.batch, TOKENS, CTX)
+    return model, (x, t, ctx), steps(model, forward_fn("ldmkit", model), Speed(), x, t, ctx)
 
 
 def run_variant(speed: Speed, args: argparse.Namespace) -> dict:
@@ -176,7 +201,9 @@ def main() -> None:
         figures["ldmkit"]["train_gflops"] = achieved
         figures["ldmkit"]["train_fraction_of_fp32_matmul"] = achieved / peak
         result["variants"][name] = figures
-        print(json.dumps({name: figures}), flush=True, file=__import__("sys").stderr)
+        print(json.dumps({name: figures}), flush=True, file=sys.stderr)
+    _, _, ldmkit_calls = run_profile_target(args)
+    result["profile_fp32_train_step"] = profile(ldmkit_calls["train"])
     result["matmul_fp32_gflops_after"] = matmul_peak()
     print(json.dumps(result, indent=2))
 
