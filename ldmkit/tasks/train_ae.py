@@ -55,10 +55,22 @@ def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
     return module.ae_step if trainer.is_global_zero else -1
 
 
+def _check_manual_optimization(trainer: DictConfig) -> None:
+    """train-ae steps its two optimisers itself (Lightning manual optimisation): Lightning's automatic gradient
+    clipping and accumulation do not apply, and Lightning would fail mid-fit with a traceback."""
+    if trainer.get("gradient_clip_val") is not None:
+        raise UserError(f"trainer.gradient_clip_val={trainer.gradient_clip_val}: train-ae steps its autoencoder and "
+                        "discriminator optimisers itself, so Lightning cannot clip; lower optim.lr instead")
+    if int(trainer.get("accumulate_grad_batches", 1) or 1) != 1:
+        raise UserError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: train-ae steps its "
+                        "optimisers itself, so Lightning cannot accumulate; raise loader.batch_size instead")
+
+
 def run(cfg: DictConfig) -> None:
     """Train, then save config.yaml, model.safetensors, meta.json (scale, metrics) and reconstructions.png."""
     import pytorch_lightning as pl
 
+    _check_manual_optimization(cfg.trainer)
     out = run_dir()
     pl.seed_everything(cfg.seed, verbose=False)
     ae = instantiate(cfg.first_stage)

@@ -34,6 +34,8 @@ ROWS = [
     ("folder-missing", ["encode-dataset", "ae={ae}", "dataset=folder", "dataset.path={inputs}/missing"],
      ["dataset.path=", "no such folder"]),
     ("folder-empty", ["train-ae", "dataset=folder", "dataset.path={inputs}/empty"], ["no image files found"]),
+    ("ae-clip", ["train-ae", "trainer.gradient_clip_val=1.0"], ["train-ae steps its", "lower optim.lr"]),
+    ("bad-speed", ["sample", "ckpt={inputs}/nope", "speed.autocast=fp8"], ["speed.autocast=fp8 is not one of"]),
     ("folder-unreadable", ["encode-dataset", "ae={ae}", "dataset=folder", "dataset.path={inputs}/broken"],
      ["dataset.path=", "image files of the train split can be read"]),
     ("wds-shards-missing", ["encode-dataset", "ae={ae}", "dataset=wds", "dataset.urls={inputs}/shards/{{00000..00003}}.tar"],
