@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from ldmkit import configdoc
+from ldmkit import configdoc, configdoc_md
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -161,7 +161,7 @@ def test_reader_keeps_comments_and_rejects_what_it_cannot_read():
 
 
 def test_docs_config_is_up_to_date_and_has_every_key():
-    pages = configdoc.markdown_pages(configdoc.load_catalog())
+    pages = configdoc_md.markdown_pages(configdoc.load_catalog())
     stale = [rel for rel, text in pages.items() if not (DOCS / rel).is_file() or (DOCS / rel).read_text() != text]
     extra = [p.relative_to(DOCS).as_posix() for p in (DOCS / configdoc.DOCS_SUBDIR).rglob("*.md")
              if p.relative_to(DOCS).as_posix() not in pages]
