@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -52,7 +53,7 @@ def check_options(every_n_steps: int, count: int) -> None:
         raise UserError(f"images.count={count!r}: must be a whole number >= 1")
 
 
-class _Grids(pl.Callback):
+class _Grids(pl.Callback, ABC):
     """Every ``every_n_steps`` training steps and at the end of training, rank 0 writes
     ``<run>/images/<prefix>_step_<N>.png`` from a fixed set of validation items (read once at train start)."""
 
@@ -65,9 +66,9 @@ class _Grids(pl.Callback):
         self.items: list[dict] | None = None
         self.written: int | None = None
 
+    @abstractmethod
     def draw(self, pl_module: pl.LightningModule, items: list[dict]) -> tuple[Tensor, int] | None:
         """The grid's images in [-1, 1] and its images per row (None: nothing to draw)."""
-        raise NotImplementedError
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 reads the fixed validation items (the global RNGs untouched)."""
