@@ -165,7 +165,8 @@ class ClassConditioner(Conditioner):
         """(B,) class ids -> (B, 1, D) context."""
         values = torch.as_tensor(values, device=self.embedding.weight.device).long().reshape(-1)
         if values.min() < 0 or values.max() > self.num_classes:
-            raise ValueError(f"class ids must be in 0..{self.num_classes - 1} (got {values.tolist()})")
+            raise ValueError(f"class ids must be in 0..{self.num_classes - 1}, or {self.num_classes} for the null class "
+                             f"(got {values.tolist()})")
         return Cond(self.embedding(values)[:, None])
 
 

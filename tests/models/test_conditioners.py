@@ -33,7 +33,7 @@ def test_class_conditioner_null_and_range():
     try:
         cond(torch.tensor([19]))
     except ValueError as exc:
-        assert "0..17" in str(exc)
+        assert "0..17, or 18 for the null class" in str(exc)
     else:
         raise AssertionError("out-of-range class accepted")
 
