@@ -13,6 +13,7 @@ second over this machine's fp32 matmul FLOP/s, measured in the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -25,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ldmkit.models.unet import UNetModel
-from ldmkit.speed import Speed, autocast, channels_last_input, prepare
+from ldmkit.speed import AUTOCAST, Speed, prepare
 
 TOKENS, CTX = 24, 128
 VARIANTS = {
@@ -35,6 +36,18 @@ VARIANTS = {
     "bf16_channels_last": Speed(autocast="bf16", channels_last=True),
     "compile": Speed(compile=True),
 }
+
+
+def channels_last_input(x: torch.Tensor, speed: Speed) -> torch.Tensor:
+    """``x`` in the memory format the switches ask for."""
+    return x.contiguous(memory_format=torch.channels_last) if speed.channels_last else x
+
+
+def autocast(speed: Speed, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``speed.autocast`` on ``device`` (nothing when it is null)."""
+    if speed.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST[speed.autocast])
 
 
 def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:

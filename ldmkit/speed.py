@@ -2,14 +2,12 @@
 ``torch.compile`` and reduced-precision autocast. Each switch leaves the results unchanged (within the dtype's
 tolerance, tested in tests/test_speed.py); defaults were chosen by ``benchmarks/bench_unet_throughput.py``.
 
-Training precision is Lightning's (``trainer.precision=bf16-mixed``); ``speed.autocast`` is the same for
-sampling, encoding and evaluation, where no Lightning trainer runs.
+In training ``speed.autocast`` sets Lightning's precision (``trainer.precision=bf16-mixed``); in sampling
+(sample, eval-fid) only the UNet runs in that dtype.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,21 +80,3 @@ def training_precision(trainer_precision: str | int, speed: Speed) -> str | int:
         raise UserError(f"speed.autocast={speed.autocast} contradicts trainer.precision={trainer_precision}: "
                         f"set one of them (speed.autocast={speed.autocast} trains with {wanted})")
     return wanted
-
-
-def channels_last_input(x: torch.Tensor, speed: Speed) -> torch.Tensor:
-    """``x`` in the memory format the switches ask for (4-D tensors only)."""
-    if speed.channels_last and x.ndim == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@contextlib.contextmanager
-def autocast(speed: Speed, device: torch.device | str) -> Iterator[None]:
-    """Autocast to ``speed.autocast`` on ``device`` (a no-op when it is null)."""
-    if speed.autocast is None:
-        yield
-        return
-    device_type = torch.device(device).type
-    with torch.autocast(device_type=device_type, dtype=AUTOCAST[speed.autocast]):
-        yield

@@ -152,14 +152,16 @@ def run(cfg: DictConfig) -> None:
     if todo:  # load (and check) the first stage before the progress bar: its errors are one clean line
         load_models(str(ae_dir), None, device())
     size, unit_name = _unit_size(units)
+    sizes = {u.name: size(u) for u in units}
+    completed = sum(sizes[name] for name in done)
     with Tracker(console) as tracker:
-        task = tracker.add("encode-dataset", total=sum(map(size, units)), unit=unit_name,
-                           completed=sum(size(u) for u in units if u.name in done))
+        task = tracker.add("encode-dataset", total=sum(sizes.values()), unit=unit_name, completed=completed)
         on_batch = (lambda count: tracker.update(task, advance=count)) if unit_name == "sample" else None
         for result in _run_units(cfg, ae_dir, todo, out, on_batch):
             done[result["name"]] = {k: result[k] for k in ("count", "skipped", "examples")}
             _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
-            tracker.update(task, completed=sum(size(u) for u in units if u.name in done))
+            completed += sizes[result["name"]]
+            tracker.update(task, completed=completed)
     manifest = _write_manifest(out, cfg, ae_dir, ae_meta, record, done, fields)
     skipped = f", {manifest['skipped_samples']} broken skipped" if manifest["skipped_samples"] else ""
     console.print(f"{manifest['count']} samples in {len(manifest['shards'])} shard(s){skipped} -> {out}")

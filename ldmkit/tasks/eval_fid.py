@@ -142,10 +142,10 @@ def _accuracy_tally(dataset, values: Any):
     return AccuracyTally()
 
 
-def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path) -> dict:
+def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path, speed: Speed) -> dict:
     """Sample ``n`` images from ckpt= with reference conditions into ``generated``; conditional accuracy."""
     ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
-    ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), Speed.from_config(cfg.speed))
+    ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), speed)
     dataset = reference_dataset(cfg, ckpt)
     tally, first, seconds = None, True, 0.0
     stream = _sample_stream(cfg, ldm, dataset, n)
@@ -211,7 +211,7 @@ def _keep(cfg: DictConfig, images: torch.Tensor, start: int, out: Path) -> None:
 def run(cfg: DictConfig) -> None:
     """Stream ``samples`` images through Inception, compare with as many reference images, write metrics.json."""
     bound_heap_growth()
-    Speed.from_config(cfg.speed)  # a bad switch is one line before anything runs
+    speed = Speed.from_config(cfg.speed)  # a bad switch is one line before anything runs
     out = run_dir()
     n = int(cfg.samples)
     if n < 2:
@@ -228,7 +228,7 @@ def run(cfg: DictConfig) -> None:
     elif cfg.images:
         info = _evaluate_folder(cfg, n, generated)
     else:
-        info = _evaluate_ldm(cfg, n, generated, out)
+        info = _evaluate_ldm(cfg, n, generated, out, speed)
     ref, ref_info = reference_features(cfg, info.pop("dataset"), n, extractor, weights)
     metrics = {"samples": generated.count, **ref_info, **info}
     if extractor is None:

@@ -16,20 +16,13 @@ from ldmkit import modeldir
 from ldmkit.atomic import atomic_path, write_text
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.diffusion.samplers import check_sampler
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, check_whole
 from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
 from ldmkit.tasks.generation import check_guidance, generate, reference_conditions, source_dataset_cfg
 from ldmkit.tasks.inputs import Requests, check_input_files, negative_values, repeat_requests, user_requests
-
-
-def check_whole(value: Any, option: str, minimum: int | None = None, what: str = "") -> None:
-    """A whole-number option (at least ``minimum``), else one line naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise UserError(f"{option}={value!r}: must be a whole number{what}{bound}")
 
 
 def check_options(cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, IterableDataset
 
-from ldmkit.errors import UserError
+from ldmkit.errors import UserError, check_whole
 from ldmkit.training.callbacks import training_step_of
 from ldmkit.training.resume import rng_states, set_rng_states
 
@@ -47,10 +47,8 @@ def quiet_eval(*modules: nn.Module) -> Iterator[None]:
 
 def check_options(every_n_steps: int, count: int) -> None:
     """``images.every_n_steps`` must be >= 0 and ``images.count`` >= 1 (else one line)."""
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
-        raise UserError(f"images.every_n_steps={every_n_steps!r}: must be a whole number >= 0 (0 = only at the end)")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise UserError(f"images.count={count!r}: must be a whole number >= 1")
+    check_whole(every_n_steps, "images.every_n_steps", 0, hint=" (0 = only at the end)")
+    check_whole(count, "images.count", 1)
 
 
 class _Grids(pl.Callback, ABC):
@@ -139,8 +137,7 @@ class SampleGrids(_Grids):
         from ldmkit.diffusion.samplers import ddim_timesteps
 
         num = pl_module.ldm.schedule.num_timesteps
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise UserError(f"images.steps={self.steps!r}: must be a whole number of DDIM steps")
+        check_whole(self.steps, "images.steps", what=" of DDIM steps")
         try:
             ddim_timesteps(num, self.steps)
         except UserError as exc:

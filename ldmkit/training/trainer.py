@@ -34,6 +34,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Replace the CSV file ``path`` atomically with a header and ``rows``."""
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class _KeepingWriter(ExperimentWriter):
     """Lightning's CSV writer, but a resumed run keeps the rows logged before its checkpoint plus the
     checkpoint step's own row (Lightning's deletes ``metrics.csv``), then appends."""
@@ -55,20 +63,14 @@ class _KeepingWriter(ExperimentWriter):
         if row and int(row["step"]) >= step:  # written in the batch-end hook, before Lightning logged it
             rows.append(row)
             fields += sorted(set(row) - set(fields))
-        with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(path, fields, rows)
         self.metrics_keys = fields
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         """Lightning's rewrite (new columns), but atomic."""
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        with atomic.atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(Path(self.metrics_file_path), fieldnames, rows)
 
 
 class RunCSVLogger(CSVLogger):
