@@ -58,11 +58,12 @@ DDCONFIG_KEYS: dict[str, Any] = {
     "in_channels": None,
     "out_ch": None,
     "dropout": 0.0,
+    "attn_type": "vanilla",
 }
 
 # Options that change the layout: the only value ldmkit supports (the CompVis default).
 SUPPORTED_ONLY: dict[str, dict[str, Any]] = {
-    "ddconfig": {"resamp_with_conv": True, "use_linear_attn": False, "attn_type": "vanilla"},
+    "ddconfig": {"resamp_with_conv": True, "use_linear_attn": False},
     "params": {"remap": None, "use_ema": False},
 }
 

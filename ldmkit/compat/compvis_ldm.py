@@ -26,8 +26,8 @@ UNET_PREFIX, EMA_PREFIX, COND_PREFIX = "model.diffusion_model.", "model_ema.", "
 UNET_KEYS = ("in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks",
              "channel_mult", "dropout", "num_heads", "num_head_channels", "use_spatial_transformer",
              "transformer_depth", "context_dim", "num_classes", "use_checkpoint", "use_scale_shift_norm",
-             "conv_resample", "legacy")
-UNET_FIXED = {"dims": 2, "resblock_updown": False, "use_new_attention_order": False, "n_embed": None,
+             "conv_resample", "legacy", "resblock_updown")
+UNET_FIXED = {"dims": 2, "use_new_attention_order": False, "n_embed": None,
               "num_heads_upsample": -1, "use_linear_in_transformer": False, "disable_self_attentions": None,
               "num_attention_blocks": None, "adm_in_channels": None}
 UNCONDITIONAL = ("__is_unconditional__", None)

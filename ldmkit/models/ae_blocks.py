@@ -86,6 +86,16 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+ATTN_TYPES = ("vanilla", "none")
+
+
+def make_attn(channels: int, attn_type: str = "vanilla") -> nn.Module:
+    """The autoencoder's attention block: ``vanilla`` self-attention, or ``none`` (an identity, no weights)."""
+    if attn_type not in ATTN_TYPES:
+        raise ValueError(f"attn_type={attn_type!r} is not one of {', '.join(ATTN_TYPES)}")
+    return AttnBlock(channels) if attn_type == "vanilla" else nn.Identity()
+
+
 class Downsample(nn.Module):
     """Halve the resolution: pad (0, 1, 0, 1) with zeros, then a 3x3 stride-2 convolution without padding."""
 
@@ -125,6 +135,7 @@ class Encoder(nn.Module):
         z_channels: int,
         double_z: bool = True,
         dropout: float = 0.0,
+        attn_type: str = "vanilla",
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -144,7 +155,7 @@ class Encoder(nn.Module):
                 block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, dropout=dropout))
                 block_in = block_out
                 if curr_res in attn_res:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(make_attn(block_in, attn_type))
             down = nn.Module()
             down.block, down.attn = block, attn
             if i_level != self.num_resolutions - 1:
@@ -154,7 +165,7 @@ class Encoder(nn.Module):
 
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.attn_1 = make_attn(block_in, attn_type)
         self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
 
         self.norm_out = Normalize(block_in)
@@ -189,6 +200,7 @@ class Decoder(nn.Module):
         resolution: int,
         z_channels: int,
         dropout: float = 0.0,
+        attn_type: str = "vanilla",
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -203,7 +215,7 @@ class Decoder(nn.Module):
 
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.attn_1 = make_attn(block_in, attn_type)
         self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
 
         ups: list[nn.Module] = []
@@ -214,7 +226,7 @@ class Decoder(nn.Module):
                 block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, dropout=dropout))
                 block_in = block_out
                 if curr_res in attn_res:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(make_attn(block_in, attn_type))
             up = nn.Module()
             up.block, up.attn = block, attn
             if i_level != 0:

@@ -136,6 +136,7 @@ class AutoencoderKL(nn.Module):
         in_channels: int = 3,
         out_ch: int = 3,
         dropout: float = 0.0,
+        attn_type: str = "vanilla",
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -152,6 +153,7 @@ class AutoencoderKL(nn.Module):
             resolution=resolution,
             z_channels=z_channels,
             dropout=dropout,
+            attn_type=attn_type,
         )
         self.encoder = Encoder(in_channels=in_channels, double_z=True, **common)
         self.decoder = Decoder(out_ch=out_ch, **common)

@@ -69,7 +69,8 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class ResBlock(TimestepBlock):
-    """Residual block with time-embedding injection (additive, or scale-shift after the second norm)."""
+    """Residual block with time-embedding injection (additive, or scale-shift after the second norm); with
+    ``up``/``down`` it also resamples (BigGAN-style, CompVis ``resblock_updown``): both paths, before the first conv."""
 
     def __init__(
         self,
@@ -79,10 +80,16 @@ class ResBlock(TimestepBlock):
         out_channels: int | None = None,
         use_checkpoint: bool = False,
         use_scale_shift_norm: bool = False,
+        up: bool = False,
+        down: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
+        self.updown = up or down
+        resample = (Upsample(channels, use_conv=False) if up else Downsample(channels, use_conv=False)) \
+            if self.updown else nn.Identity()
+        self.h_upd, self.x_upd = resample, resample  # parameter-free: one module serves both paths
         self.use_checkpoint = use_checkpoint
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
@@ -111,7 +118,11 @@ class ResBlock(TimestepBlock):
 
     def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """The block's computation."""
-        h = self.in_layers(x)
+        if self.updown:
+            h = self.in_layers[2](self.h_upd(self.in_layers[:2](x)))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
         if self.use_scale_shift_norm:
             out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
@@ -181,6 +192,7 @@ class UNetModel(nn.Module):
         use_scale_shift_norm: bool = False,
         conv_resample: bool = True,
         legacy: bool = True,
+        resblock_updown: bool = False,
     ) -> None:
         super().__init__()
         if use_spatial_transformer and context_dim is None:
@@ -230,7 +242,7 @@ class UNetModel(nn.Module):
                 ch, num_heads=num_heads, num_head_channels=dim_head, use_checkpoint=use_checkpoint
             )
 
-        def resblock(ch: int, out_ch: int) -> ResBlock:
+        def resblock(ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
             """A ResBlock with the model-wide settings."""
             return ResBlock(
                 ch,
@@ -239,6 +251,8 @@ class UNetModel(nn.Module):
                 out_channels=out_ch,
                 use_checkpoint=use_checkpoint,
                 use_scale_shift_norm=use_scale_shift_norm,
+                up=up,
+                down=down,
             )
 
         time_embed_dim = model_channels * 4
@@ -262,9 +276,9 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 input_block_chans.append(ch)
             if level != len(channel_mult) - 1:
-                self.input_blocks.append(
-                    TimestepEmbedSequential(Downsample(ch, conv_resample, out_channels=ch))
-                )
+                down: nn.Module = resblock(ch, ch, down=True) if resblock_updown \
+                    else Downsample(ch, conv_resample, out_channels=ch)
+                self.input_blocks.append(TimestepEmbedSequential(down))
                 input_block_chans.append(ch)
                 ds *= 2
 
@@ -279,7 +293,8 @@ class UNetModel(nn.Module):
                 if ds in attention_resolutions:
                     layers.append(attention(ch))
                 if level and i == num_res_blocks:
-                    layers.append(Upsample(ch, conv_resample, out_channels=ch))
+                    layers.append(resblock(ch, ch, up=True) if resblock_updown
+                                  else Upsample(ch, conv_resample, out_channels=ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 

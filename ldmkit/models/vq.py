@@ -67,6 +67,7 @@ class VQModel(nn.Module):
         out_ch: int = 3,
         dropout: float = 0.0,
         beta: float = 0.25,
+        attn_type: str = "vanilla",
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -80,6 +81,7 @@ class VQModel(nn.Module):
             resolution=resolution,
             z_channels=z_channels,
             dropout=dropout,
+            attn_type=attn_type,
         )
         self.encoder = Encoder(in_channels=in_channels, double_z=False, **common)
         self.decoder = Decoder(out_ch=out_ch, **common)
