@@ -126,13 +126,42 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
+def first_stage_meta(ae: Any, kind: str, resolution: int, scale_factor: float, steps: int, **extra: Any) -> dict:
+    """meta.json of a first-stage model dir (train-ae and import-compvis write this one shape)."""
+    f, c = ae.downsample_factor, ae.latent_channels
+    return {"kind": "first_stage", "type": kind, "f": f, "latent_channels": c, "resolution": int(resolution),
+            "latent_shape": [c, resolution // f, resolution // f], "scale_factor": float(scale_factor),
+            "steps": int(steps), **extra}
+
+
+def build_ldm(cfg: Any, first_stage: Any, latent_shape: Any, prediction: str = "eps", cond: Any = None):
+    """The ``LatentDiffusion`` of a model config's ``unet``/``cond``/``diffusion`` nodes around ``first_stage``
+    (train-ldm, import-compvis and ``load`` all assemble LDMs here; ``cond`` may come pre-built)."""
+    from hydra.utils import instantiate
+
+    from ldmkit.models.ldm import LatentDiffusion
+
+    return LatentDiffusion(unet=instantiate(cfg.unet), cond=instantiate(cfg.cond) if cond is None else cond,
+                           schedule=instantiate(cfg.diffusion), first_stage=first_stage,
+                           latent_shape=tuple(int(s) for s in latent_shape), prediction=prediction)
+
+
+def ldm_meta(ldm: Any, first_stage_dir: Path, first_stage: dict, steps: int, **extra: Any) -> dict:
+    """meta.json of an LDM model dir: what it predicts, its conditioner and task, latents and first stage."""
+    return {"kind": "ldm", "prediction": ldm.prediction, "task": ldm.cond.task, "cond": type(ldm.cond).__name__,
+            "cond_key": ldm.cond.key, "inputs": list(ldm.cond.inputs), "latent_shape": list(ldm.latent_shape),
+            "f": first_stage["f"], "params": sum(p.numel() for p in ldm.trainable().parameters()),
+            "scale_factor": first_stage["scale_factor"],
+            "first_stage": {"path": str(Path(first_stage_dir).resolve()), "hash": first_stage["hash"]},
+            "steps": int(steps), **extra}
+
+
 def load(path: str | Path, use_ema: bool = True):
     """Rebuild the model in a model dir: a ``FirstStage`` or a ``LatentDiffusion``, in eval mode."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from ldmkit.models.first_stage import FirstStage
-    from ldmkit.models.ldm import LatentDiffusion
 
     def load_state(module: Any, weights: Path) -> None:
         """Load weights into a module built from config.yaml; a mismatch is one line, not a traceback."""
@@ -156,14 +185,7 @@ def load(path: str | Path, use_ema: bool = True):
         first_stage = load(path / "first_stage")
         if read_json(path / "first_stage" / "meta.json")["hash"] != meta["first_stage"]["hash"]:
             raise UserError(f"{path}/first_stage does not match the first-stage hash recorded in meta.json")
-        ldm = LatentDiffusion(
-            unet=instantiate(cfg.unet),
-            cond=instantiate(cfg.cond),
-            schedule=instantiate(cfg.diffusion),
-            first_stage=first_stage,
-            latent_shape=tuple(meta["latent_shape"]),
-            prediction=meta.get("prediction", "eps"),
-        )
+        ldm = build_ldm(cfg, first_stage, meta["latent_shape"], meta.get("prediction", "eps"))
         weights = path / ("ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "model.safetensors")
         load_state(ldm.trainable(), weights)
         return ldm.eval()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.errors import UserError
+from ldmkit.models.ae_blocks import ATTN_TYPES
 from ldmkit.safeload import torch_load
 
 CKPT_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -172,6 +173,9 @@ def _ae_kwargs(kind: FirstStageKind, params: dict[str, Any], where: str) -> dict
         raise UserError(f"{where}.params.ddconfig is missing")
     _check_supported(params, "params", f"{where}.params")
     _check_supported(ddconfig, "ddconfig", f"{where}.params.ddconfig")
+    if ddconfig.get("attn_type", "vanilla") not in ATTN_TYPES:
+        raise UserError(f"{where}.params.ddconfig.attn_type={ddconfig['attn_type']!r} is not supported "
+                        f"(only {' or '.join(repr(t) for t in ATTN_TYPES)})")
     if bool(ddconfig.get("double_z", True)) != kind.double_z:
         raise UserError(f"{where}.params.ddconfig.double_z must be {kind.double_z} for a {kind.type.upper()} model")
     kwargs = {}

@@ -60,23 +60,93 @@ def _unet_node(node: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def _cond_node(node: Any, conditioning_key: str | None, state: Mapping[str, Tensor], where: str) -> dict[str, Any]:
-    """``cond_stage_config`` -> the ldmkit ``cond:`` node for the conditioners ldmkit has an equivalent of."""
-    if node in UNCONDITIONAL or (isinstance(node, str) and node in UNCONDITIONAL):
+def conditioning_key(params: dict[str, Any]) -> str | None:
+    """How the condition reaches the UNet, as CompVis decides it: ``conditioning_key``, else ``concat`` when
+    ``concat_mode`` (its default) and ``crossattn`` otherwise; None for unconditional models."""
+    if params.get("cond_stage_config") in UNCONDITIONAL:
+        return None
+    key = params.get("conditioning_key")
+    return key if key is not None else ("concat" if params.get("concat_mode", True) else "crossattn")
+
+
+def _first_stage_f(params: dict[str, Any]) -> int:
+    """The LDM's first-stage downsampling factor f = 2^(levels - 1)."""
+    ddconfig = ((params.get("first_stage_config") or {}).get("params") or {}).get("ddconfig") or {}
+    return 2 ** (len(ddconfig.get("ch_mult", (1, 2, 4, 8))) - 1)
+
+
+def _class_node(params: dict, state: Mapping[str, Tensor], where: str) -> dict[str, Any]:
+    """ClassEmbedder -> ClassConditioner (CompVis counts the guidance null class in n_classes)."""
+    weight = state.get(f"{COND_PREFIX}embedding.weight")
+    n_classes = int(params.get("n_classes", 1000))
+    if weight is None or weight.shape[0] != n_classes:
+        raise UserError(f"{where}: ClassEmbedder needs {COND_PREFIX}embedding.weight with {n_classes} rows")
+    # CompVis trains the guidance "null" as the last class (cin256-v2: n_classes 1001, class 1000).
+    return {"_target_": "ldmkit.models.conditioners.ClassConditioner", "num_classes": n_classes - 1,
+            "embed_dim": int(params.get("embed_dim", weight.shape[1])), "key": "class_label", "drop_prob": 0.0}
+
+
+def _bert_node(params: dict, cond_key: str) -> dict[str, Any]:
+    """BERTEmbedder -> BertConditioner (captions), or BertLayoutConditioner for layout tokens (coordinates_bbox)."""
+    layout = cond_key == "coordinates_bbox"
+    node = {"_target_": "ldmkit.models.layout_tokens.BertLayoutConditioner" if layout
+            else "ldmkit.models.bert.BertConditioner",
+            "n_embed": int(params["n_embed"]), "n_layer": int(params["n_layer"]),
+            "vocab_size": int(params.get("vocab_size", 30522)), "max_seq_len": int(params.get("max_seq_len", 77)),
+            "embedding_dropout": float(params.get("embedding_dropout", 0.0)), "key": cond_key}
+    return {**node, "classes": None} if layout else {**node, "vocab": None}
+
+
+def _concat_node(target: str, params: dict, ldm: dict) -> dict[str, Any]:
+    """The concat conditioners: Identity (a low-res image), the first stage itself (inpainting), SpatialRescaler."""
+    key = ldm.get("cond_stage_key", "image")
+    channels = int(ldm.get("channels", 4))
+    extra = int((ldm["unet_config"].get("params") or {}).get("in_channels", channels)) - channels
+    if target == "torch.nn.Identity":
+        return {"_target_": "ldmkit.models.concat_conditioners.SRConditioner", "key": key, "channels": extra,
+                "upscale": _first_stage_f(ldm)}
+    if target == FIRST_STAGE:
+        return {"_target_": "ldmkit.models.concat_conditioners.InpaintConditioner", "latent_channels": channels,
+                "key": "image", "mask_key": "mask", "mask_resize": "nearest", "scaled": False}
+    names = ("n_stages", "method", "multiplier", "in_channels", "out_channels", "bias")
+    return {"_target_": "ldmkit.models.concat_conditioners.SpatialRescaler", "key": key,
+            **{k: params[k] for k in names if k in params}}
+
+
+CONCAT_TARGETS = ("torch.nn.Identity", "__is_first_stage__", "ldm.modules.encoders.modules.SpatialRescaler")
+FIRST_STAGE = "__is_first_stage__"
+
+
+def _cond_node(ldm: dict[str, Any], state: Mapping[str, Tensor], where: str) -> dict[str, Any]:
+    """``cond_stage_config`` -> the ldmkit ``cond:`` node (the conditioners CompVis released models use)."""
+    node, key = ldm.get("cond_stage_config"), conditioning_key(ldm)
+    if node in UNCONDITIONAL:
         return {"_target_": "ldmkit.models.conditioners.NoConditioner"}
-    target, params = _target(node, where)
-    if target == "ldm.modules.encoders.modules.ClassEmbedder" and conditioning_key == "crossattn":
-        weight = state.get(f"{COND_PREFIX}embedding.weight")
-        n_classes = int(params.get("n_classes", 1000))
-        if weight is None or weight.shape[0] != n_classes:
-            raise UserError(f"{where}: ClassEmbedder needs {COND_PREFIX}embedding.weight with {n_classes} rows")
-        # CompVis trains the guidance "null" as the last class (cin256-v2: n_classes 1001, class 1000).
-        return {"_target_": "ldmkit.models.conditioners.ClassConditioner", "num_classes": n_classes - 1,
-                "embed_dim": int(params.get("embed_dim", weight.shape[1])), "key": "class_label", "drop_prob": 0.0}
+    target, params = (node, {}) if node == FIRST_STAGE else _target(node, where)
+    if key == "crossattn" and target == "ldm.modules.encoders.modules.ClassEmbedder":
+        return _class_node(params, state, where)
+    if key == "crossattn" and target == "ldm.modules.encoders.modules.BERTEmbedder":
+        return _bert_node(params, str(ldm.get("cond_stage_key", "caption")))
+    if key == "concat" and target in CONCAT_TARGETS:
+        return _concat_node(target, params, ldm)
     raise UserError(
-        f"{where}.target={target} (conditioning_key={conditioning_key}) has no ldmkit equivalent yet: "
-        "supported are unconditional models and ClassEmbedder with crossattn"
+        f"{where}{'' if target == FIRST_STAGE else '.target'}={target} (conditioning_key={key}) has no ldmkit "
+        "equivalent: supported are unconditional models, ClassEmbedder and BERTEmbedder with crossattn, and "
+        "Identity, __is_first_stage__ and SpatialRescaler with concat"
     )
+
+
+def cond_state(state: Mapping[str, Tensor], cond: dict[str, Any], name: str) -> dict[str, Tensor]:
+    """The conditioner's weights; a first-stage conditioner's copy must equal the first stage (it holds none)."""
+    weights = subdict(state, COND_PREFIX)
+    if cond["_target_"].endswith("InpaintConditioner"):
+        first = subdict(state, "first_stage_model.")
+        for key, value in weights.items():
+            if key not in first or first[key].shape != value.shape or not torch.equal(first[key], value):
+                raise UserError(f"{name}: '{COND_PREFIX}{key}' differs from 'first_stage_model.{key}' "
+                                "(__is_first_stage__ conditions on the first stage itself)")
+        return {}
+    return weights
 
 
 def ldm_spec(config: dict[str, Any], state: Mapping[str, Tensor], where: str = "config") -> LDMSpec:
@@ -86,8 +156,7 @@ def ldm_spec(config: dict[str, Any], state: Mapping[str, Tensor], where: str = "
         raise UserError(f"{where}: model.target={target} is not a LatentDiffusion ({LDM_TARGET})")
     base = f"{where}: model.params"
     unet = _unet_node(params.get("unet_config"), f"{base}.unet_config")
-    cond = _cond_node(params.get("cond_stage_config"), params.get("conditioning_key"), state,
-                      f"{base}.cond_stage_config")
+    cond = _cond_node(params, state, f"{base}.cond_stage_config")
     schedule = params.get("beta_schedule", "linear")
     diffusion = {"_target_": "ldmkit.diffusion.schedule.NoiseSchedule", "schedule": schedule,
                  "timesteps": int(params.get("timesteps", 1000)),

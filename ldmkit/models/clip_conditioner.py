@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import Cond, Conditioner, keep_mask
+from ldmkit.models.conditioners import CaptionConditioner, Cond, keep_mask
 
 LAYERS = ("last", "penultimate")
 # state-dict prefixes of a whole CLIP (or CustomTextCLIP: "text.") that belong to the text tower we build
@@ -81,7 +81,7 @@ def load_tower_weights(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k.startswith(_TEXT_KEYS)}
 
 
-class ClipConditioner(Conditioner):
+class ClipConditioner(CaptionConditioner):
     """Captions -> OpenCLIP BPE tokens -> frozen OpenCLIP text transformer -> (B, L, width) states + mask."""
 
     def __init__(
@@ -161,10 +161,6 @@ class ClipConditioner(Conditioner):
         super().train(mode)
         self.tower.eval()
         return self
-
-    def null(self, n: int) -> list[str]:
-        """The empty caption, ``n`` times (SOT + EOT tokens, as SD 2.x)."""
-        return [""] * n
 
     def tokenize(self, captions: list[str]) -> Tensor:
         """Captions -> (B, context_length) CLIP BPE ids (SOT ... EOT, zero padding; long ones truncated)."""

@@ -17,7 +17,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, resize_to
+from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, resize_to, stack_same_size
+
+
+def map_size(inputs: dict[str, list], name: str, factor: int = 1) -> tuple[int, int] | None:
+    """The (H, W) of the first ``name`` input times ``factor`` (None when there is none)."""
+    maps = inputs.get(name) or []
+    return None if not maps else (int(maps[0].shape[-2]) * factor, int(maps[0].shape[-1]) * factor)
+
+
+def one_hot_maps(values: Tensor, channels: int, offset: int = 0) -> Tensor:
+    """Integer label maps (B, H, W) -> float one-hot (B, channels, H, W); labels below ``offset`` give zeros.
+
+    Label ``offset + c`` lights channel c (the built-in semantic maps use offset -1 for their null label);
+    float (B, channels, H, W) maps pass through as given (already one-hot, as CompVis' data loaders make them).
+    """
+    maps = torch.as_tensor(values)
+    if maps.is_floating_point() and maps.dim() == 4 and maps.shape[1] == channels:
+        return maps.float()
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() != 3 or maps.is_floating_point():
+        raise ValueError(f"semantic maps must be integer (B, H, W), got {maps.dtype} {tuple(maps.shape)}")
+    shifted = maps.long() - offset + 1  # 0 = no class (the null label)
+    if shifted.numel() and (shifted.min() < 0 or shifted.max() > channels):
+        raise ValueError(f"semantic labels must be in {offset - 1}..{offset + channels - 1} ({offset - 1} = null), "
+                         f"got {int(maps.min())}..{int(maps.max())}")
+    return F.one_hot(shifted, channels + 1)[..., 1:].permute(0, 3, 1, 2).float()
 
 
 class _MapConditioner(Conditioner):
@@ -37,6 +63,9 @@ class SemanticConditioner(_MapConditioner):
     Resizing to the latent by area averaging turns the one-hot channels into per-pixel class fractions.
     """
 
+    inputs = ("semantic",)
+    task = "semantic"
+
     def __init__(self, num_classes: int, key: str = "semantic", drop_prob: float = 0.0) -> None:
         super().__init__()
         if num_classes < 1:
@@ -51,20 +80,21 @@ class SemanticConditioner(_MapConditioner):
     def forward(self, values: Tensor) -> Cond:
         """(B, H, W) labels in -1..num_classes -> (B, num_classes + 1, H, W) float one-hot (zero for -1)."""
         labels = torch.as_tensor(values, device=self._anchor.device)
-        if labels.dim() == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.dim() != 3 or labels.is_floating_point():
-            raise ValueError(
-                f"semantic maps must be integer (B, H, W), got {labels.dtype} {tuple(labels.shape)}"
-            )
-        labels = labels.long()
-        if labels.numel() and (labels.min() < -1 or labels.max() > self.num_classes):
-            raise ValueError(
-                f"semantic labels must be in -1..{self.num_classes} (0 = background, -1 = null), "
-                f"got {labels.min().item()}..{labels.max().item()}"
-            )
-        one_hot = F.one_hot(labels + 1, self.num_classes + 2)[..., 1:]  # label -1 -> all zeros
-        return Cond(concat=one_hot.permute(0, 3, 1, 2).float())
+        if labels.is_floating_point():
+            raise ValueError(f"semantic maps must be integer (B, H, W), got {labels.dtype} {tuple(labels.shape)}")
+        return Cond(concat=one_hot_maps(labels, self.concat_channels, offset=0))
+
+    def from_inputs(self, inputs: dict[str, list]) -> Tensor:
+        """Label maps (0 = background, class c = c + 1) of one size, stacked."""
+        maps = stack_same_size(inputs["semantic"], "semantic maps")
+        if maps.numel() and (maps.min() < 0 or maps.max() > self.num_classes):
+            raise ValueError(f"labels go up to {int(maps.max())} but this model knows 0..{self.num_classes} "
+                             "(0 = background)")
+        return maps
+
+    def output_size(self, inputs: dict[str, list]) -> tuple[int, int] | None:
+        """The map's size: maps are drawn at image resolution."""
+        return map_size(inputs, "semantic")
 
 
 class SRConditioner(_MapConditioner):
@@ -74,10 +104,15 @@ class SRConditioner(_MapConditioner):
     latent upsamples them bilinearly (or area-averages them when they are larger than the latent).
     """
 
-    def __init__(self, key: str = "lowres", channels: int = 3, drop_prob: float = 0.0) -> None:
+    inputs = ("image",)
+    task = "super-resolution"
+
+    def __init__(self, key: str = "lowres", channels: int = 3, drop_prob: float = 0.0, upscale: int | None = None,
+                 ) -> None:
         super().__init__()
         self.key, self.drop_prob = key, drop_prob
         self.concat_channels = int(channels)
+        self.upscale = 4 if upscale is None else int(upscale)  # output pixels per low-res pixel
 
     def null(self, n: int) -> Tensor:
         """``n`` null images (1x1 zeros, i.e. mid grey everywhere once resized)."""
@@ -92,6 +127,14 @@ class SRConditioner(_MapConditioner):
             )
         return Cond(concat=images.float())
 
+    def from_inputs(self, inputs: dict[str, list]) -> Tensor:
+        """Low-res images of one size, stacked."""
+        return stack_same_size(inputs["image"], "images")
+
+    def output_size(self, inputs: dict[str, list]) -> tuple[int, int] | None:
+        """The low-res size times ``upscale``."""
+        return map_size(inputs, "image", self.upscale)
+
 
 class InpaintConditioner(Conditioner):
     """Masked image encoded by the first stage + the mask, concatenated to the latent (inpainting, Sec. 4.5).
@@ -104,12 +147,19 @@ class InpaintConditioner(Conditioner):
     sub-module: it is neither in this conditioner's state dict nor in the optimiser (nor copied by the EMA).
     """
 
+    inputs = ("image", "mask")
+    task = "inpainting"
+
     def __init__(self, latent_channels: int, key: str = "image", mask_key: str = "mask",
-                 drop_prob: float = 0.0) -> None:
+                 drop_prob: float = 0.0, mask_resize: str = "area", scaled: bool = True) -> None:
         super().__init__()
         if latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1, got {latent_channels}")
+        if mask_resize not in ("area", "nearest"):
+            raise ValueError(f"mask_resize={mask_resize!r} is not one of area, nearest")
         self.key, self.mask_key, self.drop_prob = key, mask_key, drop_prob
+        # CompVis (scripts/inpaint.py): nearest mask and the unscaled pre-quantisation latent (scaled=False)
+        self.mask_resize, self.scaled = mask_resize, bool(scaled)
         self.latent_channels = int(latent_channels)
         self.concat_channels = self.latent_channels + 1
         self.__dict__["_first_stage"] = None
@@ -142,6 +192,35 @@ class InpaintConditioner(Conditioner):
         memo[id(self)] = clone
         clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         return clone
+
+    def from_inputs(self, inputs: dict[str, list]) -> dict[str, Tensor]:
+        """Images and masks (one mask for all images, or one each) of matching sizes."""
+        images, masks = inputs["image"], inputs["mask"]
+        if len(masks) == 1 < len(images):
+            masks = masks * len(images)
+        if len(images) != len(masks):
+            raise ValueError(f"{len(images)} images but {len(masks)} masks: give one mask, or one per image")
+        for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if image.shape[-2:] != mask.shape[-2:]:
+                raise ValueError(f"mask {i} is {tuple(mask.shape[-2:])} but its image is {tuple(image.shape[-2:])}")
+        return {"image": stack_same_size(images, "images"), "mask": torch.stack(masks)}
+
+    def output_size(self, inputs: dict[str, list]) -> tuple[int, int] | None:
+        """The image's size (the result keeps the image outside the mask)."""
+        return map_size(inputs, "image")
+
+    def composite(self, images: Tensor, values: dict[str, Tensor]) -> Tensor:
+        """The given image outside the mask, the sample inside it (CompVis scripts/inpaint.py); null samples and
+        inputs of another size than the samples are returned as sampled."""
+        image, mask = torch.as_tensor(values["image"]), torch.as_tensor(values["mask"])
+        if image.shape[-2:] != images.shape[-2:] or mask.shape[-2:] != images.shape[-2:]:
+            return images
+        mask = (mask if mask.dim() == 4 else mask[:, None]).to(images.device, images.dtype)
+        null = values.get("null")
+        if null is not None:
+            mask = torch.where(torch.as_tensor(null, dtype=torch.bool, device=images.device).view(-1, 1, 1, 1),
+                               torch.ones_like(mask), mask)
+        return (1 - mask) * image.to(images.device, images.dtype) + mask * images
 
     def values(self, batch: dict) -> dict[str, Tensor]:
         """The image and mask fields of a batch."""
@@ -184,6 +263,58 @@ class InpaintConditioner(Conditioner):
                 f"{tuple(image.shape)} and {tuple(mask.shape)}"
             )
         with torch.no_grad():
-            z = fs.encode(image * (1.0 - mask)).float()
-        concat = torch.cat([z, resize_to(mask, z.shape[-2:])], dim=1)
+            masked = image * (1.0 - mask)
+            z = (fs.encode(masked) if self.scaled else fs.posterior(masked).mode()).float()
+        small = resize_to(mask, z.shape[-2:]) if self.mask_resize == "area" \
+            else F.interpolate(mask, size=z.shape[-2:], mode="nearest")
+        concat = torch.cat([z, small], dim=1)
         return Cond(concat=concat * (~null).view(-1, 1, 1, 1).to(concat.dtype))
+
+
+class SpatialRescaler(_MapConditioner):
+    """CompVis ``SpatialRescaler`` (semantic synthesis): one-hot map -> ``n_stages`` resizes by ``multiplier`` ->
+    optional 1×1 ``channel_mapper``; concatenated to the latent (Sec. 4.3.2, semantic_synthesis256/512).
+
+    Values are integer (B, H, W) label maps, label c lighting channel c (COCO-stuff: 182 labels, the PNG's
+    values), or float one-hot (B, in_channels, H, W); -1 is the null label (all zeros).
+    """
+
+    inputs = ("semantic",)
+    task = "semantic"
+
+    def __init__(self, n_stages: int = 1, method: str = "bilinear", multiplier: float = 0.5, in_channels: int = 3,
+                 out_channels: int | None = None, bias: bool = False, key: str = "segmentation",
+                 drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if n_stages < 0 or method not in ("nearest", "linear", "bilinear", "trilinear", "bicubic", "area"):
+            raise ValueError(f"SpatialRescaler(n_stages={n_stages}, method={method!r}) is not supported")
+        self.key, self.drop_prob = key, drop_prob
+        self.n_stages, self.method, self.multiplier, self.in_channels = int(n_stages), method, multiplier, in_channels
+        if out_channels is not None:
+            self.channel_mapper = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+        self.concat_channels = int(out_channels if out_channels is not None else in_channels)
+
+    def null(self, n: int) -> Tensor:
+        """``n`` null maps (1x1 of label -1: all-zero one-hot)."""
+        return torch.full((n, 1, 1), -1, dtype=torch.long)
+
+    def forward(self, values: Tensor) -> Cond:
+        """Label maps (or one-hot maps) -> the rescaled, channel-mapped concat channels."""
+        x = one_hot_maps(torch.as_tensor(values), self.in_channels).to(self._anchor.device)
+        if x.shape[-1] > 1 or x.shape[-2] > 1:  # 1x1 null maps stay 1x1 (zeros are zeros at any size)
+            for _ in range(self.n_stages):
+                x = F.interpolate(x, scale_factor=self.multiplier, mode=self.method)
+        if hasattr(self, "channel_mapper"):
+            x = self.channel_mapper(x.to(self.channel_mapper.weight.dtype))
+        return Cond(concat=x)
+
+    def from_inputs(self, inputs: dict[str, list]) -> Tensor:
+        """Label maps of one size, stacked (labels 0..in_channels-1)."""
+        maps = stack_same_size(inputs["semantic"], "semantic maps")
+        if maps.numel() and (maps.min() < 0 or maps.max() >= self.in_channels):
+            raise ValueError(f"labels go up to {int(maps.max())} but this model knows 0..{self.in_channels - 1}")
+        return maps
+
+    def output_size(self, inputs: dict[str, list]) -> tuple[int, int] | None:
+        """The map's size: maps are drawn at image resolution."""
+        return map_size(inputs, "semantic")

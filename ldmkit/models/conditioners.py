@@ -7,6 +7,7 @@ classifier-free guidance) and a *null* value meaning "no condition".
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,36 @@ def take(values: Any, start: int, stop: int) -> Any:
     return values[start:stop]
 
 
+def shapes_class_names(num_classes: int) -> list[str] | None:
+    """The built-in dataset's class names when a model has exactly its classes (else None: ids only)."""
+    from ldmkit.data.shapes import NUM_CLASSES, class_name
+
+    return [class_name(i) for i in range(NUM_CLASSES)] if num_classes == NUM_CLASSES else None
+
+
+def label_id(label: Any, num_classes: int, names: list[str] | None, where: str = "label") -> int:
+    """A class id or (case-insensitive) class name -> class id in 0..num_classes-1; ValueError naming the choices."""
+    text = str(label).strip()
+    if isinstance(label, int) or text.isdigit():
+        if not 0 <= int(text) < num_classes:
+            raise ValueError(f"{where}={label} is out of range 0..{num_classes - 1}")
+        return int(text)
+    lookup = {name.lower(): i for i, name in enumerate(names or [])}
+    if text.lower() in lookup:
+        return lookup[text.lower()]
+    close = difflib.get_close_matches(text.lower(), list(lookup), n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else \
+        (f"or a name like {names[0]!r}" if names else "this model knows no class names")
+    raise ValueError(f"{where}={label!r} is not a class; use 0..{num_classes - 1} ({hint})")
+
+
+def stack_same_size(tensors: list[Tensor], what: str) -> Tensor:
+    """Per-request tensors that must share one size, stacked; ValueError listing the sizes otherwise."""
+    if len({tuple(t.shape) for t in tensors}) > 1:
+        raise ValueError(f"the {what} differ in size ({', '.join(str(tuple(t.shape[-2:])) for t in tensors)})")
+    return torch.stack(tensors)
+
+
 def repeat_values(values: Any, n: int) -> Any:
     """Each sample of ``values`` repeated ``n`` times in a row (n samples per request)."""
     if isinstance(values, dict):
@@ -96,11 +127,32 @@ def repeat_values(values: Any, n: int) -> Any:
 
 
 class Conditioner(nn.Module, ABC):
-    """Base class: ``forward(values) -> Cond``; ``values(batch)`` picks the inputs from a training batch."""
+    """Base class: ``forward(values) -> Cond``; ``values(batch)`` picks the inputs from a training batch.
+
+    Each conditioner declares what ``ldmkit sample`` may hand it (``inputs``) and turns those parsed inputs into
+    its values (``from_inputs``). The parsed forms, one list entry per request: ``prompt`` str; ``label`` int or
+    class name; ``layout`` a list of ``{"box": [x0, y0, x1, y1] (image fractions), "label": int | name, ...}``;
+    ``semantic`` int64 (H, W) label map (the PNG's values); ``image`` float (3, H, W) in [-1, 1]; ``mask`` float
+    (1, H, W) in {0, 1} (1 = fill). ``task`` names what the model does (meta.json, ``ldmkit info``).
+    """
 
     key: str | None = None
     drop_prob: float = 0.0
     concat_channels: int = 0  # channels this conditioner adds to the UNet input
+    inputs: tuple[str, ...] = ()  # the ``ldmkit sample`` inputs it reads (see the class docstring)
+    task: str = "unconditional"  # what the model does: unconditional, class, text, layout, semantic, ...
+
+    def from_inputs(self, inputs: dict[str, list]) -> Any:
+        """Conditioning values (one per request) from parsed sample inputs; ValueError (one line) on bad ones."""
+        raise ValueError(f"{type(self).__name__} takes no sample inputs")
+
+    def output_size(self, inputs: dict[str, list]) -> tuple[int, int] | None:
+        """The image size (H, W) in pixels the inputs imply (maps, images to fill or upscale), or None."""
+        return None
+
+    def composite(self, images: Tensor, values: Any) -> Tensor:
+        """The sampled images as the task returns them (inpainting keeps the given image outside the mask)."""
+        return images
 
     @abstractmethod
     def null(self, n: int) -> Any:
@@ -152,6 +204,9 @@ class NoConditioner(Conditioner):
 class ClassConditioner(Conditioner):
     """Class label -> learned embedding (one token); index ``num_classes`` is the null class."""
 
+    inputs = ("label",)
+    task = "class"
+
     def __init__(self, num_classes: int, embed_dim: int, key: str = "class_label", drop_prob: float = 0.1):
         super().__init__()
         self.key, self.drop_prob, self.num_classes = key, drop_prob, num_classes
@@ -169,8 +224,32 @@ class ClassConditioner(Conditioner):
                              f"(got {values.tolist()})")
         return Cond(self.embedding(values)[:, None])
 
+    def label_names(self) -> list[str] | None:
+        """Class names ``label=`` may use (the built-in dataset's, when the model has its classes)."""
+        return shapes_class_names(self.num_classes)
 
-class TextConditioner(Conditioner):
+    def from_inputs(self, inputs: dict[str, list]) -> Tensor:
+        """Labels (ids or names) -> (B,) class ids."""
+        names = self.label_names()
+        return torch.tensor([label_id(v, self.num_classes, names) for v in inputs["label"]], dtype=torch.long)
+
+
+class CaptionConditioner(Conditioner, ABC):
+    """Base of the text conditioners: captions in (``prompt=``), the empty caption as the null condition."""
+
+    inputs = ("prompt",)
+    task = "text"
+
+    def null(self, n: int) -> list[str]:
+        """The empty caption, ``n`` times."""
+        return [""] * n
+
+    def from_inputs(self, inputs: dict[str, list]) -> list[str]:
+        """Prompts as captions."""
+        return [str(p) for p in inputs["prompt"]]
+
+
+class TextConditioner(CaptionConditioner):
     """Caption -> open_clip BPE tokens -> bidirectional transformer trained from scratch (BERT-like tau_theta)."""
 
     def __init__(
@@ -201,10 +280,6 @@ class TextConditioner(Conditioner):
             eos_id=self.tokenizer.eot_token_id,
         )
 
-    def null(self, n: int) -> list[str]:
-        """The empty caption, ``n`` times."""
-        return [""] * n
-
     def tokenize(self, captions: list[str]) -> Tensor:
         """Captions -> (B, context_length) token ids (0 = padding, long captions are truncated)."""
         return self.tokenizer(list(captions))
@@ -228,6 +303,8 @@ class MultiConditioner(Conditioner):
             raise ValueError("MultiConditioner needs at least one part")
         self.parts = nn.ModuleDict(parts)
         self.concat_channels = sum(p.concat_channels for p in parts.values())
+        self.inputs = tuple(dict.fromkeys(i for p in parts.values() for i in p.inputs))
+        self.task = "+".join(p.task for p in parts.values())
 
     @property
     def key(self) -> str:
@@ -254,6 +331,12 @@ class MultiConditioner(Conditioner):
     def drop(self, values: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """Each part drops its own values with its own rate."""
         return {name: part.drop(values[name], generator) for name, part in self.parts.items()}
+
+    def composite(self, images: Tensor, values: dict[str, Any]) -> Tensor:
+        """Every part's composite, in turn."""
+        for name, part in self.parts.items():
+            images = part.composite(images, values[name])
+        return images
 
     def forward(self, values: dict[str, Any]) -> Cond:
         """The parts' outputs merged: tokens joined along L, channels along C."""

@@ -18,7 +18,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner, keep_mask
+from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, label_id, shapes_class_names
+
+
+def parse_box(entry: Any, i: int) -> tuple[float, float, float, float]:
+    """One layout entry's ``box: [x0, y0, x1, y1]`` (image fractions, x0 < x1, y0 < y1); ValueError otherwise."""
+    box = entry.get("box") if isinstance(entry, dict) else None
+    if not isinstance(box, list | tuple) or len(box) != 4 or "label" not in entry:
+        raise ValueError(f"box {i} needs box: [x0, y0, x1, y1] and label:")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError(f"box {i} {list(box)} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (image fractions)")
+    return x0, y0, x1, y1
+
+
+def check_layout(layout: Any, max_objects: int) -> list[dict]:
+    """A layout must be a list of at most ``max_objects`` ``{box, label}`` mappings; ValueError otherwise."""
+    if not isinstance(layout, list) or not all(isinstance(b, dict) for b in layout):
+        raise ValueError("a layout is a list of {box: [x0, y0, x1, y1], label: ...} entries")
+    if len(layout) > max_objects:
+        raise ValueError(f"{len(layout)} boxes, but this model takes at most {max_objects}")
+    return layout
 
 
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
@@ -60,6 +80,19 @@ class LayoutConditioner(Conditioner):
                                                activation="gelu", batch_first=True, norm_first=True)
             self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(embed_dim)
+
+    inputs = ("layout",)
+    task = "layout"
+
+    def from_inputs(self, inputs: dict[str, list]) -> Tensor:
+        """Layouts (lists of ``{box, label}``) -> packed (B, max_objects, 5), padded with label -1."""
+        names = shapes_class_names(self.num_classes)
+        packed = self.null(len(inputs["layout"]))
+        for b, layout in enumerate(inputs["layout"]):
+            for i, entry in enumerate(check_layout(layout, self.max_objects)):
+                label = label_id(entry["label"], self.num_classes, names, f"box {i} label")
+                packed[b, i] = torch.tensor([*parse_box(entry, i), label])
+        return packed
 
     def pack(self, values: Any) -> Tensor:
         """Normalise values to the packed (B, N, 5) float tensor: accepts it, a dict with ``key`` /

@@ -122,4 +122,4 @@ class LatentDiffusion(nn.Module):
         )
         if return_latents:
             return z
-        return self.first_stage.decode(z).clamp(-1, 1)
+        return self.cond.composite(self.first_stage.decode(z).clamp(-1, 1), values)

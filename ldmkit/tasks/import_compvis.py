@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ldmkit import modeldir
 from ldmkit.compat import compvis
 from ldmkit.tasks.common import console, run_dir
+from ldmkit.tasks.inputs import use_local_files
 
 
 def default_dataset() -> DictConfig:
@@ -82,27 +83,25 @@ def write_first_stage(
     ae = compvis.build_first_stage(spec, state_dict, str(ckpt))
     dataset = default_dataset() if dataset is None else dataset
     scale, scale_source = choose_scale(scale_factor, spec, state_dict, lambda: measure_scale(ae, dataset, batch_size))
+    cfg = OmegaConf.create({**_plain(settings), "first_stage": spec.config})
+    source = {"target": spec.source_target, "config": str(Path(config).resolve()), "ckpt": str(Path(ckpt).resolve()),
+              "sha256": modeldir.file_hash(Path(ckpt))}
+    meta = modeldir.first_stage_meta(ae, spec.type, int(spec.config["resolution"]), scale, info.get("global_step", 0),
+                                     scale_source=scale_source, metrics={}, source=source)
+    return modeldir.save(Path(out), cfg, {"model": ae.state_dict()}, meta)
+
+
+def _plain(settings: Any) -> dict:
+    """The import's own settings as plain containers (saved beside the model's nodes in config.yaml)."""
     base = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else settings
-    cfg = OmegaConf.create({**(base or {}), "first_stage": spec.config})
-    f, res = ae.downsample_factor, int(spec.config["resolution"])
-    return modeldir.save(Path(out), cfg, {"model": ae.state_dict()}, {
-        "kind": "first_stage",
-        "type": spec.type,
-        "f": f,
-        "latent_channels": ae.latent_channels,
-        "resolution": res,
-        "latent_shape": [ae.latent_channels, res // f, res // f],
-        "scale_factor": scale,
-        "scale_source": scale_source,
-        "steps": info.get("global_step", 0),
-        "metrics": {},
-        "source": {
-            "target": spec.source_target,
-            "config": str(Path(config).resolve()),
-            "ckpt": str(Path(ckpt).resolve()),
-            "sha256": modeldir.file_hash(Path(ckpt)),
-        },
-    })
+    return dict(base or {})
+
+
+def _with_cond_files(cond: dict, settings: dict) -> dict:
+    """The conditioner node with the local files ``cond.vocab`` / ``cond.classes`` the user gave (stored absolute)."""
+    given = settings.get("cond") or {}
+    files = {k: str(Path(v).expanduser().resolve()) for k, v in given.items() if v is not None and k in cond}
+    return {**cond, **files}
 
 
 def import_ldm(config: str | Path, ckpt: str | Path, out: str | Path, *, scale_factor: float | None = None,
@@ -111,41 +110,30 @@ def import_ldm(config: str | Path, ckpt: str | Path, out: str | Path, *, scale_f
     from hydra.utils import instantiate
 
     from ldmkit.compat import compvis_ldm
-    from ldmkit.models.ldm import LatentDiffusion
 
     yaml_cfg = compvis.load_yaml(config)
     state_dict, info = compvis.read_checkpoint(ckpt)
     spec = compvis_ldm.ldm_spec(yaml_cfg, state_dict, str(config))
-    out = Path(out)
-    fs_meta = write_first_stage(yaml_cfg, state_dict, info, config, ckpt, out / "first_stage",
-                                scale_factor=scale_factor, settings=settings)
-    unet, cond, schedule = instantiate(spec.unet), instantiate(spec.cond), instantiate(spec.diffusion)
-    compvis.load_strict(unet, compvis.subdict(state_dict, compvis_ldm.UNET_PREFIX), str(ckpt),
-                        compvis_ldm.UNET_PREFIX)
-    compvis.load_strict(cond, compvis.subdict(state_dict, compvis_ldm.COND_PREFIX), str(ckpt),
+    out, base = Path(out), {k: v for k, v in _plain(settings).items() if k not in ("dataset", "cond")}
+    cond_node = _with_cond_files(spec.cond, _plain(settings))
+    cfg = OmegaConf.create({**base, "unet": spec.unet, "cond": cond_node, "diffusion": spec.diffusion})
+    cond = instantiate(cfg.cond)
+    use_local_files(cond, _plain(settings).get("cond"))  # before anything is written: a bad file is one line
+    compvis.load_strict(cond, compvis_ldm.cond_state(state_dict, spec.cond, str(ckpt)), str(ckpt),
                         compvis_ldm.COND_PREFIX)
-    compvis_ldm.check_schedule(state_dict, schedule, str(ckpt))
-    ldm = LatentDiffusion(unet, cond, schedule, modeldir.load(out / "first_stage"), spec.latent_shape,
-                          prediction=spec.prediction)
+    fs_meta = write_first_stage(yaml_cfg, state_dict, info, config, ckpt, out / "first_stage",
+                                scale_factor=scale_factor, settings=base)
+    ldm = modeldir.build_ldm(cfg, modeldir.load(out / "first_stage"), spec.latent_shape, spec.prediction, cond=cond)
+    compvis.load_strict(ldm.unet, compvis.subdict(state_dict, compvis_ldm.UNET_PREFIX), str(ckpt),
+                        compvis_ldm.UNET_PREFIX)
+    compvis_ldm.check_schedule(state_dict, ldm.schedule, str(ckpt))
     weights = {"model": ldm.trainable().state_dict()}
-    ema = compvis_ldm.ema_state(state_dict, [n for n, _ in unet.named_parameters()])
+    ema = compvis_ldm.ema_state(state_dict, [n for n, _ in ldm.unet.named_parameters()])
     if ema is not None:
         weights["ema"] = {**weights["model"], **{f"unet.{k}": v for k, v in ema.items()}}
-    base = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else settings
-    cfg = OmegaConf.create({**(base or {}), "unet": spec.unet, "cond": spec.cond, "diffusion": spec.diffusion})
-    return modeldir.save(out, cfg, weights, {
-        "kind": "ldm",
-        "prediction": spec.prediction,
-        "cond": type(cond).__name__,
-        "cond_key": cond.key,
-        "latent_shape": spec.latent_shape,
-        "f": fs_meta["f"],
-        "scale_factor": fs_meta["scale_factor"],
-        "first_stage": {"path": str((out / "first_stage").resolve()), "hash": fs_meta["hash"]},
-        "steps": info.get("global_step", 0),
-        "ema": ema is not None,
-        "source": fs_meta["source"],
-    })
+    meta = modeldir.ldm_meta(ldm, out / "first_stage", fs_meta, info.get("global_step", 0), ema=ema is not None,
+                             source={**fs_meta["source"], "target": compvis_ldm.LDM_TARGET})
+    return modeldir.save(out, cfg, weights, meta)
 
 
 def run(cfg: DictConfig) -> None:
@@ -156,7 +144,8 @@ def run(cfg: DictConfig) -> None:
     target = (compvis.load_yaml(cfg.config).get("model") or {}).get("target")
     if target == LDM_TARGET and cfg.part == "all":
         meta = import_ldm(cfg.config, cfg.ckpt, out, scale_factor=cfg.scale_factor, settings=cfg)
-        console.print(f"LDM ({meta['cond']}, {meta['prediction']}-prediction, EMA {'yes' if meta['ema'] else 'no'}) "
+        console.print(f"LDM ({meta['task']}: {meta['cond']}, {meta['prediction']}-prediction, "
+                      f"EMA {'yes' if meta['ema'] else 'no'}) "
                       f"imported -> {out}  (first stage f={meta['f']}, scale {meta['scale_factor']:.5f})")
         return
     meta = import_first_stage(cfg.config, cfg.ckpt, out, scale_factor=cfg.scale_factor, dataset=cfg.dataset,

@@ -97,8 +97,8 @@ def ldm_facts(path: Path, meta: dict) -> dict[str, Any]:
     }
     snapshots = [{"dir": str(d.relative_to(path)), "steps": _meta_steps(d)}
                  for d in sorted((path / "snapshots").glob("step_*")) if d.is_dir()]
-    facts = {"prediction": meta.get("prediction"), "cond": meta.get("cond"), "cond_key": meta.get("cond_key"),
-             "trainable_params": meta.get("params"), "ema": (path / "ema.safetensors").is_file(),
+    facts = {"task": meta.get("task"), "inputs": meta.get("inputs"), "prediction": meta.get("prediction"),
+             "cond": meta.get("cond"), "cond_key": meta.get("cond_key"), "trainable_params": meta.get("params"), "ema": (path / "ema.safetensors").is_file(),
              "lr": meta.get("lr"), "train_samples_per_s": meta.get("train_samples_per_s"),
              "first_stage": first_stage, "snapshots": snapshots, "metrics": eval_metrics(path)}
     facts.update({key: meta[key] for key in ("source", "skipped_samples") if key in meta})

@@ -21,8 +21,16 @@ from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
-from ldmkit.tasks.generation import check_guidance, generate, reference_conditions, source_dataset_cfg
-from ldmkit.tasks.inputs import Requests, check_input_files, negative_values, repeat_requests, user_requests
+from ldmkit.tasks.generation import check_guidance, generate, reference_conditions
+from ldmkit.tasks.inputs import (
+    Requests,
+    check_input_files,
+    input_options,
+    negative_values,
+    repeat_requests,
+    use_local_files,
+    user_requests,
+)
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -38,6 +46,9 @@ def check_options(cfg: DictConfig) -> None:
 
 def reference_requests(ldm: LatentDiffusion, ckpt: Path, n: int) -> Requests | None:
     """``n`` validation-set conditions (one sample each), described by caption / label where simple."""
+    if ldm.cond.inputs and "dataset" not in OmegaConf.load(ckpt / "config.yaml"):
+        raise UserError(f"this {ldm.cond.task} model was not trained here (no dataset to draw conditions from): "
+                        f"give {input_options(ldm.cond.inputs)}")
     values = reference_conditions(ldm, ckpt, n)
     if values is None:
         return None
@@ -75,8 +86,8 @@ def run(cfg: DictConfig) -> None:
     if timesteps is not None:  # a bad sampler option stops before the model loads
         check_sampler(instantiate(cfg.sampler), int(timesteps))
     ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), speed)
-    sr_factor = int(source_dataset_cfg(ckpt).get("sr_factor", 4))
-    reqs = user_requests(ldm.cond, cfg, sr_factor)
+    use_local_files(ldm.cond, cfg.get("cond"))
+    reqs = user_requests(ldm.cond, cfg)
     per_request = cfg.n
     if reqs is None:  # no inputs: n conditions from the validation set, one sample each
         reqs, per_request = reference_requests(ldm, ckpt, cfg.n), 1

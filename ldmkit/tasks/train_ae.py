@@ -108,18 +108,9 @@ def run(cfg: DictConfig) -> None:
     metrics = {f"val_{k}": v for k, v in reconstruction_metrics(images, rec, weights).items()}
     if weights is None:
         metrics["val_rfid_skipped"] = reason
-    meta = modeldir.save(out, cfg, {"model": ae.state_dict()}, {
-        "kind": "first_stage",
-        "type": kind,
-        "f": f,
-        "latent_channels": ae.latent_channels,
-        "resolution": res,
-        "latent_shape": [ae.latent_channels, res // f, res // f],
-        "scale_factor": stage.scale_factor,
-        "steps": steps,
-        "metrics": metrics,
-        **({"skipped_samples": skipped["skipped"]} if skipped else {}),
-    })
+    meta = modeldir.save(out, cfg, {"model": ae.state_dict()}, modeldir.first_stage_meta(
+        ae, kind, res, stage.scale_factor, steps, metrics=metrics,
+        **({"skipped_samples": skipped["skipped"]} if skipped else {})))
     rfid = f", rFID {metrics['val_rfid']:.2f}" if "val_rfid" in metrics else ""
     console.print(
         f"first stage {kind} f={f} -> {out}  (scale {stage.scale_factor:.4f}, val PSNR {metrics['val_psnr']:.2f} dB, "

@@ -9,7 +9,6 @@ from ldmkit import modeldir
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
 from ldmkit.errors import UserError
-from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, prepare, set_threads, training_precision
 from ldmkit.tasks.common import console, run_dir
 
@@ -62,6 +61,16 @@ def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
                                 f"and the conditioner concatenates {concat}: expected {want}")
 
 
+def _fill_upscale(cfg: DictConfig) -> None:
+    """A super-resolution conditioner records the dataset's sr_factor, so sampling needs no dataset."""
+    if "upscale" not in cfg.cond or cfg.cond.upscale is not None:
+        return
+    source = OmegaConf.create(read_manifest(cfg.dataset.path)["dataset"]) if is_latent_shards(cfg.dataset) \
+        else cfg.dataset
+    with open_dict(cfg):
+        cfg.cond.upscale = int(source.get("sr_factor", 4))
+
+
 def run(cfg: DictConfig) -> None:
     """Train and write the LDM model dir (config, model/ema weights, meta, first_stage/ copy)."""
     import pytorch_lightning as pl
@@ -87,32 +96,22 @@ def run(cfg: DictConfig) -> None:
     loggers = extra_loggers(instantiate(cfg.logger), out)
     dataset = instantiate(cfg.dataset)
     val = _val_split(cfg)
+    _fill_upscale(cfg)
     cond = instantiate(cfg.cond)
     _check_fields(cond, dataset)
     _fill_unet(cfg, ae_meta["latent_channels"], cond.concat_channels)
-    ldm = LatentDiffusion(
-        unet=instantiate(cfg.unet),
-        cond=cond,
-        schedule=instantiate(cfg.diffusion),
-        first_stage=modeldir.load(ae_dir),
-        latent_shape=latent_shape,
-        prediction=cfg.objective.prediction,
-    )
+    ldm = modeldir.build_ldm(cfg, modeldir.load(ae_dir), latent_shape, cfg.objective.prediction, cond=cond)
     lr = effective_lr(cfg)
     module = LDMModule(ldm, lr=lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay,
                        min_snr_gamma=cfg.objective.min_snr_gamma)
     prepare(ldm.unet, speed)  # after the EMA copy was made: only the trained UNet is compiled
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
-    meta = {"kind": "ldm", "prediction": cfg.objective.prediction, "lr": lr, "cond": type(cond).__name__,
-            "cond_key": cond.key, "latent_shape": latent_shape, "f": ae_meta["f"],
-            "params": sum(p.numel() for p in ldm.trainable().parameters()), "scale_factor": ae_meta["scale_factor"],
-            "first_stage": {"path": str(ae_dir.resolve()), "hash": ae_meta["hash"]}}
 
     def write(where, steps: int, extra: dict | None = None) -> dict:
         """A model dir (config, weights, EMA, meta, first_stage/ copy) of the current weights."""
         modeldir.copy(ae_dir, where / "first_stage")
         weights = {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()}
-        return modeldir.save(where, cfg, weights, {**meta, "steps": steps, **(extra or {})})
+        return modeldir.save(where, cfg, weights, modeldir.ldm_meta(ldm, ae_dir, ae_meta, steps, lr=lr, **(extra or {})))
 
     throughput = Throughput(cfg.loader.batch_size)
     snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))

@@ -103,11 +103,16 @@ def test_first_stage_only_on_request(tmp_path, checkpoint):
 
 def test_unsupported_conditioner_and_wrong_schedule_are_named(tmp_path, checkpoint):
     cfg, ckpt, _ = checkpoint
-    bert = {"target": "ldm.modules.encoders.modules.BERTEmbedder", "params": {"n_embed": 640, "n_layer": 32}}
-    cfg.write_text(yaml.safe_dump(_yaml(bert)))
+    clip = {"target": "ldm.modules.encoders.modules.FrozenCLIPTextEmbedder", "params": {"version": "ViT-L/14"}}
+    cfg.write_text(yaml.safe_dump(_yaml(clip)))
     proc = run_cli("import-compvis", str(cfg), str(ckpt), "out=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "BERTEmbedder (conditioning_key=crossattn) has no ldmkit equivalent" in proc.stderr.strip().splitlines()[-1]
+    assert "FrozenCLIPTextEmbedder (conditioning_key=crossattn) has no ldmkit equivalent" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    bert = {"target": "ldm.modules.encoders.modules.BERTEmbedder", "params": {"n_embed": 64, "n_layer": 1}}
+    cfg.write_text(yaml.safe_dump(_yaml(bert)))  # a BERT model's YAML with a class model's checkpoint
+    with pytest.raises(UserError, match=r"unexpected key 'cond_stage_model\.embedding\.weight'"):
+        import_ldm(cfg, ckpt, tmp_path / "b")
     cfg.write_text(yaml.safe_dump(_yaml(CLASS_STAGE, linear_end=0.012)))
     with pytest.raises(UserError, match="betas differ from the schedule"):
         import_ldm(cfg, ckpt, tmp_path / "y")

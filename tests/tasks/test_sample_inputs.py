@@ -42,13 +42,15 @@ def test_layout_files_json_and_yaml(tmp_path):
     cond = LayoutConditioner(max_objects=3)
     (tmp_path / "one.json").write_text(json.dumps([
         {"box": [0.1, 0.2, 0.5, 0.6], "label": "red circle"}, {"box": [0.5, 0.5, 1, 1], "label": 4}]))
-    values, layouts = read_layouts(tmp_path / "one.json", cond)
-    assert values.shape == (1, 3, 5) and len(layouts) == 1
+    reqs = user_requests(cond, options(layout=str(tmp_path / "one.json")))
+    values = reqs.values
+    assert values.shape == (1, 3, 5) and len(reqs) == 1 and reqs.described[0]["layout"][0]["label"] == "red circle"
     torch.testing.assert_close(values[0, 0], torch.tensor([0.1, 0.2, 0.5, 0.6, object_class("circle", "red")]))
     assert values[0, 1, 4] == 4 and values[0, 2, 4] == -1 and not values[0, 2, :4].any()  # padding row
     (tmp_path / "two.yaml").write_text("- [{box: [0, 0, 0.5, 0.5], label: blue square}]\n"
                                        "- [{box: [0.5, 0.5, 1, 1], label: green triangle}]\n")
-    values, layouts = read_layouts(tmp_path / "two.yaml", cond)
+    assert len(read_layouts(tmp_path / "two.yaml")) == 2
+    values = user_requests(cond, options(layout=str(tmp_path / "two.yaml"))).values
     assert values.shape == (2, 3, 5) and values[1, 0, 4] == object_class("triangle", "green")
     bad = {
         "many.json": [{"box": [0, 0, 0.1, 0.1], "label": 0}] * 4,
@@ -59,26 +61,28 @@ def test_layout_files_json_and_yaml(tmp_path):
     for name, content in bad.items():
         (tmp_path / name).write_text(json.dumps(content))
     (tmp_path / "broken.json").write_text("[{")
-    expected = {"many.json": "at most 3", "coords.json": "x0 < x1", "label.json": "not a class",
-                "shape.json": "box: [x0, y0, x1, y1]", "broken.json": "cannot parse", "none.json": "no such file"}
+    expected = {"many.json": "at most 3", "coords.json": "x0 < x1", "label.json": "box 0 label='pink circle' is not a class; use 0..17 "
+                "(did you mean 'green circle', 'red circle'", "shape.json": "box: [x0, y0, x1, y1]", "broken.json": "cannot parse",
+                "none.json": "no such file"}
     for name, message in expected.items():
-        with pytest.raises(UserError, match=message.replace("[", r"\[")) as info:
-            read_layouts(tmp_path / name, cond)
-        assert "\n" not in str(info.value)
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(")) as info:
+            user_requests(cond, options(layout=str(tmp_path / name)))
+        assert "\n" not in str(info.value) and (name == "none.json" or f"layout={tmp_path / name}" in str(info.value))
 
 
 def test_label_maps_and_masks(tmp_path):
     ds = ShapesDataset(size=1, resolution=32)
     semantic = ds[0]["semantic"].numpy().astype(np.uint8)
     path = save_png(semantic, tmp_path / "map.png")
-    torch.testing.assert_close(read_label_map(path, NUM_CLASSES), torch.from_numpy(semantic.astype(np.int64)))
+    torch.testing.assert_close(read_label_map(path), torch.from_numpy(semantic.astype(np.int64)))
     with pytest.raises(UserError, match="one channel"):
-        read_label_map(save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "rgb.png"), NUM_CLASSES)
-    with pytest.raises(UserError, match="up to 40"):
-        read_label_map(save_png(np.full((8, 8), 40, np.uint8), tmp_path / "high.png"), NUM_CLASSES)
+        read_label_map(save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "rgb.png"))
+    high = save_png(np.full((8, 8), 40, np.uint8), tmp_path / "high.png")
+    with pytest.raises(UserError, match=r"labels go up to 40 but this model knows 0..18 \(0 = background\)"):
+        user_requests(SemanticConditioner(NUM_CLASSES), options(semantic=str(high)))
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="not a readable image"):
-        read_label_map(tmp_path / "junk.png", NUM_CLASSES)
+        read_label_map(tmp_path / "junk.png")
 
 
 def test_requests_per_conditioner(tmp_path):
@@ -90,7 +94,7 @@ def test_requests_per_conditioner(tmp_path):
     reqs = user_requests(ClassConditioner(NUM_CLASSES, 8), options(label=[3, "red circle"]))
     assert reqs.values.tolist() == [3, 0] and reqs.described[1] == {"label": 0, "class": "red circle"}
     low = save_png(np.zeros((8, 12, 3), np.uint8), tmp_path / "low.png")
-    reqs = user_requests(SRConditioner(), options(image=str(low)), sr_factor=4)
+    reqs = user_requests(SRConditioner(upscale=4), options(image=str(low)))
     assert reqs.values.shape == (1, 3, 8, 12) and reqs.size == (32, 48) and (reqs.values == -1).all()
     assert user_requests(text(), options()) is None
     assert user_requests(NoConditioner(), options()) is None
@@ -99,7 +103,7 @@ def test_requests_per_conditioner(tmp_path):
         (text(), options(label=1), "takes prompt=/prompts_file=; drop label="),
         (text(), options(prompts_file=str(tmp_path / "none.txt")), "no such file"),
         (ClassConditioner(NUM_CLASSES, 8), options(label=18), "out of range 0..17"),
-        (InpaintConditioner(3), options(image=str(low)), "needs both image=PATH and mask=PATH"),
+        (InpaintConditioner(3), options(image=str(low)), "needs image= and mask= together; missing mask="),
     ]
     (tmp_path / "empty.txt").write_text("\n\n")
     errors.append((text(), options(prompts_file=str(tmp_path / "empty.txt")), "no prompts in it"))
@@ -118,7 +122,7 @@ def test_inpaint_inputs_must_match(tmp_path):
     assert reqs.values["mask"].shape == (2, 1, 16, 16) and reqs.values["mask"].sum() == 2 * 32
     assert reqs.described[0] == {"image": str(image), "mask": str(mask_path)}
     small = save_png(np.zeros((8, 8), np.uint8), tmp_path / "small.png")
-    with pytest.raises(UserError, match=r"mask=.*small.png is \(8, 8\) but its image is \(16, 16\)"):
+    with pytest.raises(UserError, match=r"mask=.*small.png: mask 0 is \(8, 8\) but its image is \(16, 16\)"):
         user_requests(InpaintConditioner(3), options(image=str(image), mask=str(small)))
 
 
@@ -199,7 +203,7 @@ def test_sample_inpainting_and_its_errors(models, tmp_path):
     save_png(np.zeros((16, 16), np.uint8), tmp_path / "small.png")
     cases = [
         ([f"image={tmp_path}/img.png", f"mask={tmp_path}/small.png"], "is (16, 16) but its image is (32, 32)"),
-        ([f"image={tmp_path}/img.png"], "needs both image=PATH and mask=PATH"),
+        ([f"image={tmp_path}/img.png"], "needs image= and mask= together; missing mask="),
         ([f"image={tmp_path}/img.png", f"mask={tmp_path}/mask.png", "H=64"], "but the inpainting image is 32x32"),
         (["prompt=a red circle"], "takes image=/mask=; drop prompt="),
         (["H=36"], "must be a positive multiple of 8"),
