@@ -215,7 +215,7 @@ def import_compvis(
     config: Optional[str] = typer.Argument(None, metavar="CONFIG.yaml", help="The CompVis OmegaConf YAML."),  # noqa: UP045
     ckpt: Optional[str] = typer.Argument(None, metavar="MODEL.ckpt", help="Its .ckpt or .safetensors."),  # noqa: UP045
 ) -> None:
-    """Import a CompVis first stage (AutoencoderKL, VQModel or a LatentDiffusion's) as a first-stage model dir."""
+    """Import a CompVis checkpoint + YAML: a first stage, or a whole LatentDiffusion (any released config)."""
     given = [a for a in (config, ckpt, *ctx.args) if a is not None]
     if "--hydra-help" in given:  # the positionals may have swallowed the flag
         _forward("import_compvis", "import-compvis", [a for a in given if a.startswith("-") or "=" in a])

@@ -81,9 +81,12 @@ def _class_node(params: dict, state: Mapping[str, Tensor], where: str) -> dict[s
     n_classes = int(params.get("n_classes", 1000))
     if weight is None or weight.shape[0] != n_classes:
         raise UserError(f"{where}: ClassEmbedder needs {COND_PREFIX}embedding.weight with {n_classes} rows")
-    # CompVis trains the guidance "null" as the last class (cin256-v2: n_classes 1001, class 1000).
-    return {"_target_": "ldmkit.models.conditioners.ClassConditioner", "num_classes": n_classes - 1,
-            "embed_dim": int(params.get("embed_dim", weight.shape[1])), "key": "class_label", "drop_prob": 0.0}
+    # cin256-v2 trains the guidance "null" as an extra last class (n_classes 1001 = ImageNet's 1000 + null);
+    # cin256 and cin-ldm-vq-f8 (n_classes 1000) have none: every row is a class, sampled without guidance.
+    null = n_classes == 1001
+    return {"_target_": "ldmkit.models.conditioners.ClassConditioner", "num_classes": n_classes - int(null),
+            "embed_dim": int(params.get("embed_dim", weight.shape[1])), "key": "class_label", "drop_prob": 0.0,
+            "null_class": null}
 
 
 def _bert_node(params: dict, cond_key: str) -> dict[str, Any]:

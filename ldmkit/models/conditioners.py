@@ -207,21 +207,26 @@ class ClassConditioner(Conditioner):
     inputs = ("label",)
     task = "class"
 
-    def __init__(self, num_classes: int, embed_dim: int, key: str = "class_label", drop_prob: float = 0.1):
+    def __init__(self, num_classes: int, embed_dim: int, key: str = "class_label", drop_prob: float = 0.1,
+                 null_class: bool = True):
         super().__init__()
-        self.key, self.drop_prob, self.num_classes = key, drop_prob, num_classes
-        self.embedding = nn.Embedding(num_classes + 1, embed_dim)
+        self.key, self.drop_prob, self.num_classes, self.null_class = key, drop_prob, num_classes, bool(null_class)
+        self.embedding = nn.Embedding(num_classes + int(self.null_class), embed_dim)
 
     def null(self, n: int) -> Tensor:
-        """The null class index, ``n`` times."""
+        """The null class index, ``n`` times (ValueError for a model trained without one, e.g. CompVis cin256)."""
+        if not self.null_class:
+            raise ValueError(f"this class model has no null class (all {self.num_classes} embeddings are classes): "
+                             "it samples without guidance only (guidance=1)")
         return torch.full((n,), self.num_classes, dtype=torch.long)
 
     def forward(self, values: Tensor) -> Cond:
         """(B,) class ids -> (B, 1, D) context."""
         values = torch.as_tensor(values, device=self.embedding.weight.device).long().reshape(-1)
-        if values.min() < 0 or values.max() > self.num_classes:
-            raise ValueError(f"class ids must be in 0..{self.num_classes - 1}, or {self.num_classes} for the null class "
-                             f"(got {values.tolist()})")
+        top = self.num_classes - 1 + int(self.null_class)
+        if values.min() < 0 or values.max() > top:
+            null = f", or {self.num_classes} for the null class" if self.null_class else ""
+            raise ValueError(f"class ids must be in 0..{self.num_classes - 1}{null} (got {values.tolist()})")
         return Cond(self.embedding(values)[:, None])
 
     def label_names(self) -> list[str] | None:

@@ -80,6 +80,11 @@ def generate_stream(
     batching."""
     check_sampler(sampler, ldm.schedule.num_timesteps)  # before the progress bar: a bad option is one line
     check_guidance(guidance)
+    if float(guidance) != 1.0:
+        try:
+            ldm.cond.null(1)  # guidance needs a null condition the model was trained with
+        except ValueError as exc:
+            raise UserError(f"guidance={float(guidance):g}: {exc}") from None
     done = 0
     with Tracker(console, transient=True) as tracker:
         images = tracker.add(label, total=total, unit="img")

@@ -83,7 +83,7 @@ def test_whole_ldm_import_through_cli_gives_the_same_eps(tmp_path, checkpoint):
     for key, value in ref["unet"].items():
         assert torch.equal(raw.unet.state_dict()[key], value) and torch.equal(ema.unet.state_dict()[key], value + 0.01)
     assert torch.equal(raw.cond.embedding.weight, ref["classes"]["embedding.weight"])
-    assert raw.cond.num_classes == 10  # CompVis n_classes includes the guidance null class
+    assert raw.cond.num_classes == 11 and not raw.cond.null_class  # only n_classes 1001 (cin256-v2) has a null row
     assert torch.equal(raw.first_stage.ae.encoder.conv_in.weight, ref["ae"]["encoder.conv_in.weight"])
     # the reference: CompVis' UNet (same layout) with these weights, fed the class embedding as context
     reference = UNetModel(**{k: v for k, v in UNET.items() if k != "image_size"})

@@ -8,6 +8,9 @@ For each fixture the checkpoint is rebuilt from keys.tsv (``zoo.py``); first sta
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,34 @@ import zoo
 
 import ldmkit
 from ldmkit.tasks.import_compvis import import_first_stage, import_ldm
+
+GUIDE = Path(__file__).parents[2] / "docs" / "import-compvis.md"
+OPTION_INPUT = {"prompt": "prompt", "prompts_file": "prompt", "label": "label", "layout": "layout",
+                "semantic": "semantic", "image": "image", "mask": "mask"}
+
+
+def guide_rows() -> dict[str, tuple[str, str]]:
+    """The guide's table of released configs: CompVis config path -> (import line, sample line)."""
+    rows = {}
+    for line in GUIDE.read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].startswith("ldmkit import-compvis"):
+            rows[cells[0]] = (cells[2], cells[3])
+    return rows
+
+
+def documented_inputs(sample_line: str) -> list[str]:
+    """The inputs a documented sample line gives (in the order a conditioner declares them: see the model)."""
+    keys = [re.split(r"[=.]", w, maxsplit=1)[0] for w in shlex.split(sample_line)[2:]]
+    return list(dict.fromkeys(OPTION_INPUT[k] for k in keys if k in OPTION_INPUT))
+
+
+def test_guide_lists_every_released_config():
+    rows = guide_rows()
+    sources = {(zoo.ZOO / n / "SOURCE").read_text().strip(): n for n in zoo.NAMES}
+    assert set(rows) == set(sources) and len(rows) == 27
+    for source, (imp, _) in rows.items():
+        assert shlex.split(imp)[2] == source or "configs/" in source, source  # the import reads that YAML
 
 
 def assert_equal(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
@@ -48,6 +79,9 @@ def test_zoo_import_equals_compvis(name, tmp_path, one_thread):
     assert meta["steps"] == 1234 and meta["ema"] == ("eps_ema" in ref)
     assert json.loads((out / "meta.json").read_text())["source"]["config"] == str(config.resolve())
     raw, default = ldmkit.load(out, use_ema=False), ldmkit.load(out)
+    documented = guide_rows()[(zoo.ZOO / name / "SOURCE").read_text().strip()][1]
+    assert meta["task"] == raw.cond.task and meta["inputs"] == list(raw.cond.inputs)
+    assert sorted(documented_inputs(documented)) == sorted(meta["inputs"]), f"the guide's sample line for {name}"
     with torch.no_grad():
         fs = raw.first_stage
         assert_equal(fs.decode(fs.encode(ref["image"])), ref["recon"], "recon")

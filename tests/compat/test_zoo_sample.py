@@ -5,6 +5,7 @@ inpainting and semantic synthesis (COCO-stuff label maps, also above the trainin
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from conftest import run_cli
 from PIL import Image
 
 import ldmkit
+from ldmkit.diffusion.samplers import sample_ddim
 from ldmkit.tasks.import_compvis import import_ldm
 
-TASKS = {"unconditional": "ldm_celeba256", "class": "ldm_cin256-v2", "layout": "ldm_layout2img-openimages256",
+TASKS = {"unconditional": "ldm_celeba256", "class": "ldm_cin256-v2", "class_no_null": "ldm_cin256", "layout": "ldm_layout2img-openimages256",
          "sr": "ldm_bsr_sr", "inpaint": "ldm_inpainting_big", "semantic": "ldm_semantic_synthesis256"}
 VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "above", "blue", "square",
          "photo", "of", "##s"]
@@ -48,7 +50,7 @@ def png(path: Path) -> np.ndarray:
 
 def sample(*args: str, cwd: Path, check: bool = True):
     """``ldmkit sample`` with few steps."""
-    return run_cli("sample", "sampler.steps=3", "seed=0", *args, cwd=cwd, check=check)
+    return run_cli("sample", "sampler.steps=4", "seed=0", *args, cwd=cwd, check=check)
 
 
 def test_unconditional_and_class(imported, tmp_path):
@@ -58,6 +60,9 @@ def test_unconditional_and_class(imported, tmp_path):
     assert [r["label"] for r in rows(tmp_path / "c")] == [3, 999]
     proc = sample(f"ckpt={imported['class']}", "label=1000", "out=bad", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "label=1000 is out of range 0..999" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = sample(f"ckpt={imported['class_no_null']}", "label=999", "guidance=3", "out=bad", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "guidance=3: this class model has no null class" in proc.stderr
+    sample(f"ckpt={imported['class_no_null']}", "label=999", "n=1", "out=c999", cwd=tmp_path)  # 1000 real classes
     proc = sample(f"ckpt={imported['class']}", "out=bad", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "this class model was not trained here" in proc.stderr and "give label=" in proc.stderr
 
@@ -69,7 +74,7 @@ def test_text_from_strings_equals_token_ids(tmp_path):
     vocab.write_text("\n".join(VOCAB) + "\n")
     run_cli("import-compvis", str(zoo.ZOO / name / "config.yaml"), str(ckpt), f"cond.vocab={vocab}", "out=txt",
             cwd=tmp_path)
-    info = run_cli("info", "txt", "--json", cwd=tmp_path).stdout
+    info = run_cli("info", "txt", "json=true", cwd=tmp_path).stdout
     assert json.loads(info)["task"] == "text" and '"target": "ldm.models.diffusion.ddpm.LatentDiffusion"' in info
     sample("ckpt=txt", "prompt=a red circle above blue squares", "n=1", "guidance=5", "out=s", cwd=tmp_path)
     assert rows(tmp_path / "s")[0]["prompt"] == "a red circle above blue squares"
@@ -78,29 +83,19 @@ def test_text_from_strings_equals_token_ids(tmp_path):
     ids[0, :9] = torch.tensor([3, 6, 7, 8, 9, 10, 11, 14, 4])
     ldm = ldmkit.load(tmp_path / "txt")
     assert torch.equal(ldm.cond.tokenize(["a red circle above blue squares"]), ids)
-    from functools import partial
-
-    from ldmkit.diffusion.samplers import sample_ddim
-
-    image = ldm.sample(ids, sampler=partial(sample_ddim, steps=3), guidance=5.0,
+    image = ldm.sample(ids, sampler=partial(sample_ddim, steps=4), guidance=5.0,
                        generator=[torch.Generator().manual_seed(0)])
     expected = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     assert np.abs(png(tmp_path / "s" / "000000.png").astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_text_without_vocab_is_one_line(tmp_path, imported):
+def test_text_without_vocab_is_one_line(tmp_path, imported, monkeypatch):
     name = "ldm_text2img256"
     ckpt = zoo.write_checkpoint(name, tmp_path / "model.ckpt")
     import_ldm(zoo.ZOO / name / "config.yaml", ckpt, tmp_path / "t")
-    env_cache = tmp_path / "empty-hf-cache"
-    env_cache.mkdir()
-    import os
-
-    os.environ["HF_HUB_CACHE"], old = str(env_cache), os.environ.get("HF_HUB_CACHE")
-    try:
-        proc = sample(f"ckpt={tmp_path / 't'}", "prompt=a red circle", "out=x", cwd=tmp_path, check=False)
-    finally:
-        os.environ.pop("HF_HUB_CACHE") if old is None else os.environ.update(HF_HUB_CACHE=old)
+    (tmp_path / "empty-hf-cache").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    proc = sample(f"ckpt={tmp_path / 't'}", "prompt=a red circle", "out=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "cond.vocab=PATH" in proc.stderr and "Hugging Face cache" in proc.stderr
     proc = sample(f"ckpt={imported['class']}", "label=1", f"cond.vocab={tmp_path}/none.txt", "out=y", cwd=tmp_path,

@@ -173,6 +173,52 @@ def compvis_cin(folder: Path) -> None:
                                   "params": {"n_classes": 1001, "embed_dim": 64, "key": "class_label"}}}}})
 
 
+def compvis_zoo(path: Path, name: str, ckpt: str | None = "model.ckpt", config: bool = True) -> None:
+    """A released CompVis model, shrunk (``tests/fixtures/compat/zoo/<name>``): ``path`` is a folder getting
+    its config.yaml and checkpoint, or (``ckpt=None``) the YAML file itself."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "compat"))
+    import zoo
+
+    if ckpt is None:
+        shutil.copy(zoo.ZOO / name / "config.yaml", path)
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if config:
+        shutil.copy(zoo.ZOO / name / "config.yaml", path / "config.yaml")
+    zoo.write_checkpoint(name, path / ckpt)
+
+
+BERT_WORDS = ["a", "painting", "of", "virus", "monster", "playing", "guitar", "red", "bus", "in", "the", "snow"]
+
+
+def bert_vocab(path: Path) -> None:
+    """``bert/vocab.txt``: a small WordPiece vocab in BERT's layout ([PAD] first, then [UNK] [CLS] [SEP] [MASK])."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, "##s"]) + "\n")
+
+
+def oi_classes(path: Path) -> None:
+    """``oi_classes.txt``: an OpenImages-style class list, one name per line in category order."""
+    path.write_text("\n".join(["Man", "Car", "Tree", "Dog", "Boat", "Building"]) + "\n")
+
+
+def oi_boxes(path: Path) -> None:
+    """``oi_boxes.yaml``: a layout with OpenImages class names (and one flagged box)."""
+    path.write_text("- {box: [0.05, 0.4, 0.6, 0.95], label: Car}\n"
+                    "- {box: [0.5, 0.05, 0.95, 0.7], label: Tree, group: true}\n")
+
+
+def coco_stuff_map(path: Path) -> None:
+    """``landscape_seg.png``: a 32 px COCO-stuff label map (values 0..181 are the labels)."""
+    labels = np.full((32, 32), 156, dtype=np.uint8)  # sky
+    labels[20:] = 123  # grass
+    labels[12:24, 8:16] = 168  # tree
+    Image.fromarray(labels, mode="L").save(path)
+
+
 class _RunsCode:
     """Unpickling this calls ``print``: what a malicious checkpoint does (with something worse than print)."""
 
@@ -204,6 +250,16 @@ INPUTS: dict[str, Callable[[Path, dict], None]] = {
     "photo.png": lambda p, s: photo(p),
     "mask.png": lambda p, s: mask(p),
     "models/kl-f8": lambda p, s: compvis_kl_f8(p),
+    "configs/latent-diffusion/txt2img-1p4B-eval.yaml": lambda p, s: compvis_zoo(p, "ldm_txt2img-1p4B-eval", None),
+    "models/ldm/text2img-large": lambda p, s: compvis_zoo(p, "ldm_txt2img-1p4B-eval", config=False),
+    "models/ldm/layout2img-openimages256": lambda p, s: compvis_zoo(p, "ldm_layout2img-openimages256"),
+    "models/ldm/bsr_sr": lambda p, s: compvis_zoo(p, "ldm_bsr_sr"),
+    "models/ldm/inpainting_big": lambda p, s: compvis_zoo(p, "ldm_inpainting_big", "last.ckpt"),
+    "models/ldm/semantic_synthesis256": lambda p, s: compvis_zoo(p, "ldm_semantic_synthesis256"),
+    "bert/vocab.txt": lambda p, s: bert_vocab(p),
+    "oi_classes.txt": lambda p, s: oi_classes(p),
+    "oi_boxes.yaml": lambda p, s: oi_boxes(p),
+    "landscape_seg.png": lambda p, s: coco_stuff_map(p),
     "models/cin256-v2": lambda p, s: compvis_cin(p),
     f"models/{INCEPTION_FILE}": lambda p, s: inception(p, s["inception"]),
     "evil.ckpt": lambda p, s: evil_checkpoint(p),
