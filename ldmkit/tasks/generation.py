@@ -24,7 +24,11 @@ def source_dataset_cfg(model_dir: Path) -> DictConfig:
     from ldmkit.data.access import is_latent_shards
     from ldmkit.data.latent_shards import read_manifest
 
-    cfg = OmegaConf.load(model_dir / "config.yaml").dataset
+    model_cfg = OmegaConf.load(model_dir / "config.yaml")
+    if "dataset" not in model_cfg:
+        raise UserError(f"{model_dir} records no training dataset (an imported model): pass dataset=... "
+                        "(the images to compare with and to draw conditions from) or reference=DIR")
+    cfg = model_cfg.dataset
     if is_latent_shards(cfg):  # the manifest records the source dataset
         cfg = OmegaConf.create(read_manifest(cfg.path)["dataset"])
     return cfg

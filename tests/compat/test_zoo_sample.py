@@ -65,6 +65,9 @@ def test_unconditional_and_class(imported, tmp_path):
     sample(f"ckpt={imported['class_no_null']}", "label=999", "n=1", "out=c999", cwd=tmp_path)  # 1000 real classes
     proc = sample(f"ckpt={imported['class']}", "out=bad", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "this class model was not trained here" in proc.stderr and "give label=" in proc.stderr
+    proc = run_cli("eval-fid", f"ckpt={imported['unconditional']}", "--samples", "4", "on_missing_weights=skip",
+                   "out=e", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "records no training dataset (an imported model)" in proc.stderr
 
 
 def test_text_from_strings_equals_token_ids(tmp_path):
