@@ -106,6 +106,8 @@ def save(out: Path, cfg: Any, weights: dict[str, dict], meta: dict) -> dict:
 
 def copy(src: Path, dst: Path) -> None:
     """Copy a model dir's defining files (config, weights, meta) to ``dst``: to temporary names, then renamed."""
+    if dst.exists() and Path(src).resolve() == Path(dst).resolve():
+        return  # already there (train-ldm trained its first stage into <out>/first_stage)
     dst.mkdir(parents=True, exist_ok=True)
     names = [n for n in ("config.yaml", "model.safetensors", "ema.safetensors", "meta.json") if (src / n).is_file()]
     with atomic.atomic_paths(*(dst / name for name in names)) as temps:

@@ -321,6 +321,25 @@ class BertLayoutConditioner(BertConditioner):
         """``n`` empty layouts (all padding, plus the full-image crop pair)."""
         return self.builder(self.num_classes or 1).null().expand(n, -1).clone()
 
+    def values(self, batch: dict) -> Tensor:
+        """Token ids from a batch (or one sample): its ``key`` field when it has one, else built from the readers'
+        ``boxes`` (xyxy fractions), ``box_labels`` (-1 = padding) and optional ``box_flags`` (group, occluded,
+        depiction, inside), as taming's builder does for the training data."""
+        if self.key in batch:
+            return torch.as_tensor(batch[self.key])
+        boxes, labels = torch.as_tensor(batch["boxes"]), torch.as_tensor(batch["box_labels"])
+        flags = torch.as_tensor(batch["box_flags"]) if "box_flags" in batch and self.num_classes else \
+            torch.zeros(*labels.shape, 4)  # flag tokens are offset by the class count: without it, no flags
+        single = labels.dim() == 1
+        if single:
+            boxes, labels, flags = boxes[None], labels[None], flags[None]
+        builder = self.builder(self.num_classes or 1)
+        rows = [builder.build([BoxObject(int(c), tuple(float(v) for v in b), *(bool(x) for x in f))
+                               for b, c, f in zip(bs, cs, fs, strict=True) if c >= 0])
+                for bs, cs, fs in zip(boxes, labels, flags, strict=True)]
+        tokens = torch.stack(rows)
+        return tokens[0] if single else tokens
+
     def from_inputs(self, inputs: dict[str, list]) -> Tensor:
         """Layouts (lists of ``{box, label, flags}``) -> (B, max_seq_len) token ids."""
         names = load_class_names(self.classes) if self.classes is not None else None

@@ -10,6 +10,7 @@ from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
 from ldmkit.errors import UserError
 from ldmkit.speed import Speed, prepare, set_threads, training_precision
+from ldmkit.tasks.ae_choice import resolve_ae
 from ldmkit.tasks.common import console, run_dir
 
 
@@ -67,8 +68,11 @@ def _fill_upscale(cfg: DictConfig) -> None:
         return
     source = OmegaConf.create(read_manifest(cfg.dataset.path)["dataset"]) if is_latent_shards(cfg.dataset) \
         else cfg.dataset
+    factor = source.get("sr_factor", 4)
+    if factor is None:
+        raise UserError("cond=sr trains on low-res copies: set dataset.sr_factor (the paper's LDM-SR: 4)")
     with open_dict(cfg):
-        cfg.cond.upscale = int(source.get("sr_factor", 4))
+        cfg.cond.upscale = int(factor)
 
 
 def run(cfg: DictConfig) -> None:
@@ -87,7 +91,7 @@ def run(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.trainer.precision = training_precision(cfg.trainer.precision, speed)
     pl.seed_everything(cfg.seed, verbose=False)
-    ae_dir = modeldir.resolve(cfg.ae, "first_stage", "ae")
+    ae_dir = resolve_ae(cfg, out)
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
     latent_shape = _latent_shape(cfg, ae_meta)
     with open_dict(cfg):

@@ -25,9 +25,11 @@ ROWS = [
     ("unknown-f", ["train-ae", "f=3"], ["f=3 is not an option", "Available options in 'f': 1, 2, 4, 8, 16, 32"]),
     ("unknown-sampler", ["sample", "sampler=nope"],
      ["Available options in 'sampler': ddim, ddpm, dpmpp_2m, euler, euler_a, heun, plms"]),
-    ("unknown-dataset", ["train-ldm", "dataset=nope"], ["Available options in 'dataset': folder, latents, shapes, wds"]),
+    ("unknown-dataset", ["train-ldm", "dataset=nope"], ["Available options in 'dataset': celebahq, coco, ffhq, folder, imagenet, laion, landscapes, latents"]),
     ("unknown-first-stage", ["train-ae", "first_stage=kl_f99"],
-     ["first_stage=kl_f99 is not an option (did you mean", "Available options in 'first_stage': identity, kl_f16"]),
+     ["first_stage=kl_f99 is not an option (did you mean", "Available options in 'first_stage': compvis_kl_f16"]),
+    ("train-ldm-first-stage-mismatch", ["train-ldm", "ae={ae}", "first_stage=kl_f8"],
+     ["is not the first_stage you chose (first_stage.embed_dim=3, the choice has 4)", "drop one of ae= / first_stage="]),
     ("unparsable-override", ["sample", "prompt=[a"], ["cannot parse the override 'prompt=[a'"]),
     ("mandatory-option", ["encode-dataset", "ae={ae}", "dataset=folder"], ["dataset.path is required"]),
     # 2. missing or empty datasets

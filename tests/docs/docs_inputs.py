@@ -254,6 +254,7 @@ INPUTS: dict[str, Callable[[Path, dict], None]] = {
     "models/ldm/text2img-large": lambda p, s: compvis_zoo(p, "ldm_txt2img-1p4B-eval", config=False),
     "models/ldm/layout2img-openimages256": lambda p, s: compvis_zoo(p, "ldm_layout2img-openimages256"),
     "models/ldm/bsr_sr": lambda p, s: compvis_zoo(p, "ldm_bsr_sr"),
+    "models/first_stage_models/vq-f4": lambda p, s: compvis_zoo(p, "ae_vq-f4"),
     "models/ldm/inpainting_big": lambda p, s: compvis_zoo(p, "ldm_inpainting_big", "last.ckpt"),
     "models/ldm/semantic_synthesis256": lambda p, s: compvis_zoo(p, "ldm_semantic_synthesis256"),
     "bert/vocab.txt": lambda p, s: bert_vocab(p),

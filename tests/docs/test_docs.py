@@ -70,9 +70,10 @@ CONFIG_ONLY = [
     (r"--workers [2-9]", "starts worker processes (tests/data/test_encode_resume.py runs --workers)"),
     (r"vgg16-397923af\.pth", "needs torchvision's VGG16 weights (528 MB)"),
     (r"speed\.compile=true", "compiling takes a minute (tests/test_speed.py checks compiled = eager outputs)"),
+    (r"\bexperiment=", "a paper-size model (tests/test_paper_presets.py builds each on the meta device)"),
     # To keep this test short, lines whose code path another documented line runs for real are config-checked:
     (r"\bout=runs/(ae-kl-f4|ae-kl-f16|ae-64|ae-kl-f8-wide|ae-vq-f4|ae-vq-f16|ldm-sweep|ldm-class128|s-class128"
-     r"|s-dpmpp|eval-dpmpp|eval-euler-a|ldm-wds|eval-kl-f8)\b",
+     r"|s-dpmpp|eval-dpmpp|eval-euler-a|ldm-wds|eval-kl-f8|ldm-kl8)\b",
      "the same code path runs for real in another documented line"),
 ]
 # lines that start processes of their own run the console script in a subprocess, not in this process (none run

@@ -187,3 +187,18 @@ def test_layout_class_list_checks():
         objects_from_layout([], ["a", "b"], 5)
     with pytest.raises(ValueError, match=r"box 0: label 'Cat' names classes \[0, 2\]"):
         objects_from_layout([{"box": [0, 0, 1, 1], "label": "Cat"}], ["cat", "dog", "CAT"], 3)
+
+
+def test_layout_conditioner_builds_tokens_from_reader_boxes():
+    """Training batches of dataset=openimages/coco (boxes, box_labels, box_flags) become the same tokens as layouts."""
+    from ldmkit.models.layout_tokens import BertLayoutConditioner
+
+    cond = BertLayoutConditioner(64, 1, vocab_size=1000, max_seq_len=92, num_classes=20)
+    batch = {"boxes": torch.tensor([[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 0.0, 0.0]]]),
+             "box_labels": torch.tensor([[3, -1]]), "box_flags": torch.tensor([[[True, False, False, False]] * 2])}
+    tokens = cond.values(batch)
+    layout = [{"box": [0.1, 0.2, 0.5, 0.6], "label": 3, "group": True}]
+    assert torch.equal(tokens, cond.from_inputs({"layout": [layout]}))
+    assert tokens[0, :3].tolist() == [3 + 20, 6 * 31 + 3, 18 * 31 + 15] and tokens[0, 3:90].eq(999).all()
+    assert torch.equal(cond.values({k: v[0] for k, v in batch.items()}), tokens[0])  # one sample
+    assert cond(tokens).context.shape == (1, 92, 64)
