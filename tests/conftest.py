@@ -24,6 +24,24 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     return proc
 
 
+def ldmkit_inprocess(args: list[str]) -> tuple[int, str]:
+    """Run ``ldmkit ARGS`` in this process (no interpreter start-up): its exit code and its output."""
+    import contextlib
+    import io
+
+    from ldmkit.cli import app
+
+    sink, argv = io.StringIO(), sys.argv
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        try:
+            code = app(args, prog_name="ldmkit", standalone_mode=False)
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            sys.argv = argv
+    return (code if isinstance(code, int) else 0 if code is None else 1), sink.getvalue()
+
+
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory) -> Path:
     """torch-fidelity's Inception-v3 with random (kaiming) weights saved as a plain state dict."""

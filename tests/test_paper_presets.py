@@ -176,10 +176,12 @@ def test_experiment_composes_with_train_ae(experiment):
 
 
 def test_experiments_are_not_for_f_study():
-    """f-study sweeps f with its own small settings: a preset that picks a UNet names the missing group."""
+    """f-study sweeps f with its own small settings: it has no experiment group, and forcing one names the UNet."""
     assert "experiment" not in compose("f_study") and "debug" not in compose("f_study")
-    with pytest.raises(Exception, match="Could not override 'unet'"):
+    with pytest.raises(Exception, match="Could not override 'experiment'"):
         compose("f_study", overrides=["experiment=cin_ldm8", "dataset.path=/x"])
+    with pytest.raises(Exception, match="Could not override 'unet'"):
+        compose("f_study", overrides=["+experiment=cin_ldm8", "dataset.path=/x"])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ldmkit.data.skips import SkipCounter
+from ldmkit.data.skips import SkipCounter, SkipsBrokenItems
 from ldmkit.data.transforms import IMAGE_EXTENSIONS, ImageTransform, decode_image
 from ldmkit.errors import UserError
 
@@ -85,8 +85,10 @@ def _check_options(split: str, val_fraction: float, size: int | None) -> None:
         raise UserError(f"dataset.size={size} must be >= 0 (or null for all images)")
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(SkipsBrokenItems, Dataset):
     """Images (with optional class sub-folders and ``.txt`` captions) under a folder; see the module doc."""
+
+    noun = "image files"
 
     def __init__(
         self,
@@ -145,24 +147,3 @@ class ImageFolderDataset(Dataset):
         item["key"] = rel
         return item
 
-    def try_load(self, index: int) -> dict | None:
-        """Item ``index``, or None if its file is broken (counted once in ``skips``)."""
-        if self.skips.is_skipped(index):
-            return None
-        try:
-            return self.load(index)
-        except (ValueError, OSError) as e:
-            self.skips.skip(f"{self.files[index]}: {e}", item=index)
-            return None
-
-    def __getitem__(self, index: int) -> dict:
-        """Item ``index``, or the next readable one (wrapping) if its file is broken (counted once)."""
-        n = len(self.files)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
-        for step in range(n):
-            item = self.try_load((index + step) % n)
-            if item is not None:
-                return item
-        raise UserError(f"dataset.path={self.root}: none of the {n} image files of the {self.split} split "
-                        f"can be read (e.g. {self.skips.reasons()[-1]})")

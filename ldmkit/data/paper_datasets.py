@@ -23,6 +23,7 @@ in the wrong format, is a one-line :class:`~ldmkit.errors.UserError`.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ldmkit.data.derived import Derived
 from ldmkit.data.folder import ImageFolderDataset, _check_options, scan_images, split_files
-from ldmkit.data.skips import SkipCounter, counting_handler
+from ldmkit.data.skips import SkipCounter, SkipsBrokenItems, counting_handler
 from ldmkit.data.transforms import (
     IMAGE_EXTENSIONS,
     check_crop,
@@ -173,7 +174,7 @@ def _scandir(folder: Path):
         raise UserError(f"{folder}: cannot list the folder ({e.strerror})") from None
 
 
-class PaperDataset(Dataset):
+class PaperDataset(SkipsBrokenItems, Dataset, ABC):
     """Base of the annotated readers: options, transform, derived fields, and the image folder's skipping of
     broken files (item ``i`` then returns the next readable one, the file is counted once in ``skips``).
     Subclasses set ``self.files`` (one key per item) with :meth:`_finish` and implement :meth:`item`."""
@@ -210,36 +211,13 @@ class PaperDataset(Dataset):
         """A decoded image file (``ValueError``/``OSError`` when unusable)."""
         return decode_image(path.read_bytes())
 
+    @abstractmethod
     def item(self, index: int) -> dict:
         """Item ``index`` before the derived fields."""
-        raise NotImplementedError
 
     def load(self, index: int) -> dict:
         """Item ``index`` without skipping; ``ValueError``/``OSError`` when its file cannot be used."""
         return self.derived.add(self.item(index), index)
-
-    def try_load(self, index: int) -> dict | None:
-        """Item ``index``, or None if its file is broken (counted once in ``skips``)."""
-        if self.skips.is_skipped(index):
-            return None
-        try:
-            return self.load(index)
-        except (ValueError, OSError) as e:
-            self.skips.skip(f"{self.files[index]}: {e}", item=index)
-            return None
-
-    def __getitem__(self, index: int) -> dict:
-        """Item ``index``, or the next readable one (wrapping) if its file is broken (counted once)."""
-        n = len(self.files)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} items")
-        index %= n
-        for step in range(n):
-            item = self.try_load((index + step) % n)
-            if item is not None:
-                return item
-        raise UserError(f"dataset.path={self.root}: none of the {n} items of the {self.split} split can be read "
-                        f"(e.g. {self.skips.reasons()[-1]})")
 
 
 class PaperImageFolder(ImageFolderDataset):

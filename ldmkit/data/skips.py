@@ -155,3 +155,35 @@ def counting_handler(counter: SkipCounter) -> Callable[[Exception], bool]:
     """A webdataset ``handler=``: record the exception in ``counter`` and continue, without sleeping
     (a picklable object, so spawn-started DataLoader workers can receive it)."""
     return CountingHandler(counter)
+
+
+class SkipsBrokenItems:
+    """Map-style datasets over ``files`` whose broken items are skipped: item ``i`` is the next readable one
+    (wrapping) and each broken file is counted once in ``skips``; needs ``files``, ``skips``, ``root``, ``split``
+    and ``load(index)`` (raising ``ValueError``/``OSError`` for an unusable file)."""
+
+    noun = "items"  # what the files are called in the all-broken error
+
+    def try_load(self, index: int) -> dict | None:
+        """Item ``index``, or None if its file is broken (counted once in ``skips``)."""
+        if self.skips.is_skipped(index):
+            return None
+        try:
+            return self.load(index)
+        except (ValueError, OSError) as e:
+            self.skips.skip(f"{self.files[index]}: {e}", item=index)
+            return None
+
+    def __getitem__(self, index: int) -> dict:
+        """Item ``index``, or the next readable one (wrapping) if its file is broken (counted once)."""
+        from ldmkit.errors import UserError
+
+        n = len(self.files)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} {self.noun}")
+        for step in range(n):
+            item = self.try_load((index + step) % n)
+            if item is not None:
+                return item
+        raise UserError(f"dataset.path={self.root}: none of the {n} {self.noun} of the {self.split} split "
+                        f"can be read (e.g. {self.skips.reasons()[-1]})")

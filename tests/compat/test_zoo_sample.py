@@ -5,6 +5,8 @@ inpainting and semantic synthesis (COCO-stuff label maps, also above the trainin
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zoo
-from conftest import run_cli
+from conftest import ldmkit_inprocess, run_cli
 from PIL import Image
 
 import ldmkit
@@ -48,9 +50,30 @@ def png(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def sample(*args: str, cwd: Path, check: bool = True):
+@dataclass
+class Run:
+    """An in-process ldmkit run: exit code and output (as a subprocess' stderr, where the one-line errors go)."""
+
+    returncode: int
+    stderr: str
+
+
+def cli(*args: str, cwd: Path, check: bool = True) -> Run:
+    """``ldmkit ARGS`` in this process, in ``cwd`` (no interpreter start-up per call)."""
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        code, output = ldmkit_inprocess(list(args))
+    finally:
+        os.chdir(old)
+    if check and code != 0:
+        raise AssertionError(f"ldmkit {' '.join(args)} exited {code}\n{output}")
+    return Run(code, output)
+
+
+def sample(*args: str, cwd: Path, check: bool = True) -> Run:
     """``ldmkit sample`` with few steps."""
-    return run_cli("sample", "sampler.steps=4", "seed=0", *args, cwd=cwd, check=check)
+    return cli("sample", "sampler.steps=4", "seed=0", *args, cwd=cwd, check=check)
 
 
 def test_unconditional_and_class(imported, tmp_path):
@@ -65,8 +88,8 @@ def test_unconditional_and_class(imported, tmp_path):
     sample(f"ckpt={imported['class_no_null']}", "label=999", "n=1", "out=c999", cwd=tmp_path)  # 1000 real classes
     proc = sample(f"ckpt={imported['class']}", "out=bad", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "this class model was not trained here" in proc.stderr and "give label=" in proc.stderr
-    proc = run_cli("eval-fid", f"ckpt={imported['unconditional']}", "--samples", "4", "on_missing_weights=skip",
-                   "out=e", cwd=tmp_path, check=False)
+    proc = cli("eval-fid", f"ckpt={imported['unconditional']}", "--samples", "4", "on_missing_weights=skip",
+               "out=e", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "records no training dataset (an imported model)" in proc.stderr
 
 
@@ -77,7 +100,7 @@ def test_text_from_strings_equals_token_ids(tmp_path):
     vocab.write_text("\n".join(VOCAB) + "\n")
     run_cli("import-compvis", str(zoo.ZOO / name / "config.yaml"), str(ckpt), f"cond.vocab={vocab}", "out=txt",
             cwd=tmp_path)
-    info = run_cli("info", "txt", "json=true", cwd=tmp_path).stdout
+    info = cli("info", "txt", "json=true", cwd=tmp_path).stderr
     assert json.loads(info)["task"] == "text" and '"target": "ldm.models.diffusion.ddpm.LatentDiffusion"' in info
     sample("ckpt=txt", "prompt=a red circle above blue squares", "n=1", "guidance=5", "out=s", cwd=tmp_path)
     assert rows(tmp_path / "s")[0]["prompt"] == "a red circle above blue squares"
@@ -98,7 +121,7 @@ def test_text_without_vocab_is_one_line(tmp_path, imported, monkeypatch):
     import_ldm(zoo.ZOO / name / "config.yaml", ckpt, tmp_path / "t")
     (tmp_path / "empty-hf-cache").mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
-    proc = sample(f"ckpt={tmp_path / 't'}", "prompt=a red circle", "out=x", cwd=tmp_path, check=False)
+    proc = run_cli("sample", f"ckpt={tmp_path / 't'}", "prompt=a red circle", "out=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "cond.vocab=PATH" in proc.stderr and "Hugging Face cache" in proc.stderr
     proc = sample(f"ckpt={imported['class']}", "label=1", f"cond.vocab={tmp_path}/none.txt", "out=y", cwd=tmp_path,

@@ -25,7 +25,6 @@ existing files, and the defaults in the option tables of docs/commands/ and docs
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shlex
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import ldmkit_inprocess
 from docs_inputs import INCEPTION_FILE, ensure_inputs
 from docs_pages import REPO, blocks, pages
 
@@ -233,18 +233,7 @@ class DocsRun:
             if subprocess_:
                 proc = subprocess.run([str(LDMKIT), *args], capture_output=True, text=True, timeout=900, check=False)
                 return proc.returncode, proc.stdout + proc.stderr
-            from ldmkit.cli import app
-
-            sink = io.StringIO()
-            argv = sys.argv
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                try:
-                    code = app(args, prog_name="ldmkit", standalone_mode=False)
-                except SystemExit as exc:
-                    code = exc.code
-                finally:
-                    sys.argv = argv
-            return (code if isinstance(code, int) else 0 if code is None else 1), sink.getvalue()
+            return ldmkit_inprocess(args)
 
 
 def transcript(body: str) -> list[tuple[str, list[str]]]:
