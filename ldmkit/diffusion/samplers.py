@@ -12,6 +12,7 @@ import inspect
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,7 +46,8 @@ def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") 
     if discretize == "uniform":
         ts = torch.arange(0, num_timesteps, num_timesteps // steps)
     elif discretize == "quad":
-        ts = (torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps) ** 2).long()
+        # CompVis' numpy rule: np.linspace's float64 steps (torch.linspace rounds some S differently)
+        ts = torch.from_numpy((np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2).astype(np.int64))
     else:
         raise UserError(f"unknown sampler.discretize={discretize!r}; choose uniform or quad")
     if int(ts[-1]) + 1 >= num_timesteps:

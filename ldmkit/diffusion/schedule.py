@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-SCHEDULES = ("linear", "cosine", "sqrt_linear")
+SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
 
 
 def make_betas(
@@ -20,7 +20,9 @@ def make_betas(
     """Betas (float64, shape (T,)) exactly as CompVis ``make_beta_schedule``."""
     if schedule == "linear":
         return torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
-    if schedule == "sqrt_linear":
+    if schedule == "sqrt_linear":  # CompVis' name for betas linear in beta itself
+        return torch.linspace(linear_start, linear_end, timesteps, dtype=torch.float64)
+    if schedule == "sqrt":
         return torch.linspace(linear_start, linear_end, timesteps, dtype=torch.float64) ** 0.5
     if schedule == "cosine":  # Nichol & Dhariwal 2021, Eq. 17
         steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + cosine_s
@@ -58,14 +60,24 @@ class NoiseSchedule(nn.Module):
             "sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float(), persistent=False
         )
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        """Moves follow ``.to(device)``, but the schedule keeps its float32 values whatever the module dtype
+        (bf16/fp16 would turn ā_T into 0 or √ā_0 into √ā_1)."""
+        kept = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf is not None and buf.dtype != kept[name].dtype:
+                self._buffers[name] = kept[name].to(buf.device)
+        return self
+
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""
+        """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (in x_0's dtype; computed with the float32 schedule)."""
         return (
             _extract(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
             + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise
-        )
+        ).to(x0.dtype)
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_0 from x_t and the predicted noise."""
         a = _extract(self.alphas_cumprod, t, x_t.ndim)
-        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        return ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).to(x_t.dtype)

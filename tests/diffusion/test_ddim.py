@@ -71,3 +71,15 @@ def test_classifier_free_guidance_combination():
     torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([1 + 3 * (2 - 1.0), 1 + 3 * (4 - 1.0)]))
     torch.testing.assert_close(cfg_denoiser(eps_fn, 1.0)(x, t, cond, uncond)[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
     assert calls == [4, 2]  # one batched pass with guidance, one conditional pass at scale 1
+
+
+def test_quad_timesteps_equal_compvis_float64_rule():
+    """CompVis: ((np.linspace(0, sqrt(T * .8), S)) ** 2).astype(int) + 1, in float64 (float32 differed for 43 S)."""
+    import numpy as np
+
+    from ldmkit.diffusion.samplers import ddim_timesteps
+
+    assert ddim_timesteps(1000, 6, "quad").tolist() == [1, 33, 129, 289, 513, 801]
+    for steps in range(2, 201):
+        expected = (np.linspace(0, np.sqrt(1000 * 0.8), steps) ** 2).astype(int) + 1
+        assert ddim_timesteps(1000, steps, "quad").tolist() == expected.tolist(), steps
