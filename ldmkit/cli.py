@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -85,21 +85,29 @@ def _print_config_panels(config: str) -> None:
         table.add_column("choices / description", ratio=1)
         for d in groups:
             cell = Text(" | ".join(catalog.options(d.group)))
-            if d.description:
-                cell.append("\n" + d.description, style="dim")
+            note = configdoc.group_note(d, catalog.options(d.group))
+            if note:
+                cell.append("\n" + note, style="dim")
             table.add_row(Text(d.group), Text(d.option), cell)
         console.print(Panel(table, title="Config groups: GROUP=OPTION", title_align="left", border_style=border))
     sections = configdoc.command_entries(catalog, config)
-    for title, found in (("Config: KEY=VALUE", sections[:1]), ("Shared config: KEY=VALUE", sections[1:])):
+    chosen = configdoc.group_keys(catalog, config)
+    panels = [("Config: KEY=VALUE", [catalog.configs[n].path for n, _ in sections[:1]],
+               [e for _, entries in sections[:1] for e in entries]),
+              ("Default options' keys: KEY=VALUE", [g.source.path for g in chosen],
+               [e for g in chosen for e in (*g.entries, *g.other_entries())]),
+              ("Shared config: KEY=VALUE", [catalog.configs[n].path for n, _ in sections[1:]],
+               [e for _, entries in sections[1:] for e in entries])]
+    for title, files, entries in panels:
         table = Table(show_header=False, box=None, expand=True, padding=(0, 1), pad_edge=False)
         table.add_column("key", style="bold cyan", no_wrap=True)
         table.add_column("default", style="green", max_width=24, overflow="fold")
         table.add_column("description", ratio=1)
-        for e in [e for _, entries in found for e in entries if _in_help(e)]:
+        for e in [e for e in entries if _in_help(e)]:
             table.add_row(Text(e.key), Text(e.default), Text(e.description))  # Text: no markup
         if table.row_count:
-            files = ", ".join(catalog.configs[name].path for name, _ in found)
-            console.print(Panel(table, title=f"{title} (conf/: {files})", title_align="left", border_style=border))
+            title = f"{title} (conf/: {', '.join(files)})"
+            console.print(Panel(table, title=title, title_align="left", border_style=border))
     console.print(Text(" ldmkit configs GROUP: every key of a group's options (also in docs/config/)\n"
                        f" ldmkit {configdoc.command_name(config)} [overrides] --cfg job: the composed config\n"
                        " --hydra-help: Hydra's own flags (-m/--multirun, --cfg, -p, --info, ...)", style="dim"))
@@ -151,7 +159,7 @@ def encode_dataset(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes sharing the shards."),  # noqa: UP045
 ) -> None:
     """Encode a dataset with a first stage (ae=DIR) into webdataset latent shards + manifest.json (resumable)."""
-    from ldmkit.runner import quote_value
+    from ldmkit.cli_args import quote_value
 
     extra = ([quote_value("verify", verify)] if verify else []) + ([f"workers={workers}"] if workers else [])
     _forward("encode_dataset", "encode-dataset", [*ctx.args, *extra])
@@ -163,10 +171,60 @@ def train_ldm(ctx: typer.Context) -> None:
     _forward("train_ldm", "train-ldm", ctx.args)
 
 
+def _usage_error(message: str) -> NoReturn:
+    """Bad command-line use: one ``error:`` line, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _alias_overrides(args: list[str], given: dict[str, tuple[str, str | None]]) -> list[str]:
+    """``key=value`` of each alias flag given (``--seed 3`` -> ``seed=3``; given: flag -> (key, value or None));
+    a key both given by its flag and as an override is an error."""
+    typed = {a.partition("=")[0].lstrip("+") for a in args if "=" in a and not a.startswith("-")}
+    out = []
+    for flag, (key, value) in given.items():
+        if value is None:
+            continue
+        if key in typed:
+            _usage_error(f"{flag} and {key}= both set {key}: keep one")
+        out.append(f"{key}={value}")
+    return out
+
+
+def _prompt_value(prompts: list[str] | None) -> str | None:
+    """Repeated ``--prompt TEXT`` as one ``prompt=`` value for Hydra: each TEXT one verbatim prompt (a list for
+    several)."""
+    if not prompts:
+        return None
+    from ldmkit.cli_args import verbatim
+
+    texts = [verbatim(p) for p in prompts]
+    return texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]"
+
+
 @app.command("sample", cls=ConfigCommand, context_settings=FORWARD)
-def sample(ctx: typer.Context) -> None:
+def sample(
+    ctx: typer.Context,
+    prompt: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--prompt", metavar="TEXT",
+        help="One prompt, verbatim (commas, '=', quotes are text); repeat the option for several prompts."),
+    negative_prompt: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--negative-prompt", metavar="TEXT", help="The negative prompt, verbatim (= negative_prompt=TEXT)."),
+    seed: Optional[str] = typer.Option(None, "--seed", metavar="N", help="= seed=N"),  # noqa: UP045
+    steps: Optional[str] = typer.Option(None, "--steps", metavar="N", help="= sampler.steps=N"),  # noqa: UP045
+    guidance: Optional[str] = typer.Option(None, "--guidance", metavar="S", help="= guidance=S"),  # noqa: UP045
+    n: Optional[str] = typer.Option(None, "-n", metavar="N", help="= n=N (samples per request)"),  # noqa: UP045
+    out: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="= out=DIR"),  # noqa: UP045
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", metavar="DIR", help="= ckpt=DIR"),  # noqa: UP045
+) -> None:
     """Sample images from an LDM model dir (ckpt=DIR): one PNG per sample plus grid.png."""
-    _forward("sample", "sample", ctx.args)
+    from ldmkit.cli_args import verbatim
+
+    given = {"--prompt": ("prompt", _prompt_value(prompt)),
+             "--negative-prompt": ("negative_prompt", None if negative_prompt is None else verbatim(negative_prompt)),
+             "--seed": ("seed", seed), "--steps": ("sampler.steps", steps), "--guidance": ("guidance", guidance),
+             "-n": ("n", n), "--out": ("out", out), "--ckpt": ("ckpt", ckpt)}
+    _forward("sample", "sample", [*_alias_overrides(ctx.args, given), *ctx.args])
 
 
 @app.command("eval-fid", cls=ConfigCommand, context_settings=FORWARD)
@@ -192,7 +250,7 @@ def report(
     directory: Optional[str] = typer.Argument(None, metavar="DIR", help="An f-study out= dir."),  # noqa: UP045
 ) -> None:
     """Collect an f-study's jobs into DIR/report.md with the quality-vs-steps and quality-vs-throughput plots."""
-    from ldmkit.runner import quote_value
+    from ldmkit.cli_args import quote_value
 
     _forward("report", "report", [*([quote_value("dir", directory)] if directory else []), *ctx.args])
 
@@ -204,7 +262,7 @@ def info(
 ) -> None:
     """Summarise a model dir, latent-shard dir, run dir or f-study dir: kind, f, latent shape, params, steps, first
     stage, metrics (json=true: the same facts as JSON). Writes nothing."""
-    from ldmkit.runner import quote_value
+    from ldmkit.cli_args import quote_value
 
     _forward("info", "info", [*([quote_value("dir", directory)] if directory else []), *ctx.args])
 
@@ -215,7 +273,7 @@ def import_compvis(
     config: Optional[str] = typer.Argument(None, metavar="CONFIG.yaml", help="The CompVis OmegaConf YAML."),  # noqa: UP045
     ckpt: Optional[str] = typer.Argument(None, metavar="MODEL.ckpt", help="Its .ckpt or .safetensors."),  # noqa: UP045
 ) -> None:
-    """Import a CompVis checkpoint + YAML: a first stage, or a whole LatentDiffusion (any released config)."""
+    """Import any released CompVis model, a first stage or a whole LDM: its .ckpt + YAML become a model dir."""
     given = [a for a in (config, ckpt, *ctx.args) if a is not None]
     if "--hydra-help" in given:  # the positionals may have swallowed the flag
         _forward("import_compvis", "import-compvis", [a for a in given if a.startswith("-") or "=" in a])
@@ -223,7 +281,7 @@ def import_compvis(
         typer.echo("error: usage: ldmkit import-compvis CONFIG.yaml MODEL.ckpt [out=DIR] [overrides]: "
                    f"missing {'CONFIG.yaml and MODEL.ckpt' if config is None else 'MODEL.ckpt'}", err=True)
         raise typer.Exit(2)
-    from ldmkit.runner import quote_value
+    from ldmkit.cli_args import quote_value
 
     paths = [quote_value("config", config), quote_value("ckpt", ckpt)]
     _forward("import_compvis", "import-compvis", [*paths, *ctx.args])

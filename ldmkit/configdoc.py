@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DOCS_SUBDIR = "config"  # python -m ldmkit.configdoc DOCS writes DOCS/config/
@@ -321,6 +321,105 @@ def command_entries(catalog: Catalog, config: str, with_hydra: bool = False) -> 
     keep = [(c.name, [e for e in c.entries if with_hydra or not (e.key == "hydra" or e.key.startswith("hydra."))])
             for c in sources]
     return [(name, entries) for name, entries in keep if entries]
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """The keys one config group of a command brings: its default option's, and the ones only other options have."""
+
+    choice: DefaultItem  # the command's defaults item (group and default option)
+    source: ConfigFile  # the default option's file
+    others: tuple[tuple[Entry, tuple[str, ...]], ...]  # (a key only other options have, those options)
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """The default option's keys."""
+        return self.source.entries
+
+    def other_entries(self, limit: int = 6) -> list[Entry]:
+        """The keys only other options have, as rows naming those options (one row saying how many, past
+        ``limit``)."""
+        group = self.choice.group
+        if len(self.others) > limit:
+            return [Entry(group, "", f"{group}.*", "",
+                          f"{len(self.others)} more keys in the other options: ldmkit configs {group}")]
+        return [replace(e, default="", description=f"({_which(group, names)}) {e.description}".rstrip())
+                for e, names in self.others]
+
+
+def _which(group: str, names: tuple[str, ...]) -> str:
+    """The options a key belongs to: ``sampler=euler | heun``, or how many when they are many."""
+    return f"{group}={' | '.join(names)}" if len(names) <= 4 else f"{len(names)} other {group} options"
+
+
+def group_keys(catalog: Catalog, config: str) -> list[GroupKeys]:
+    """Per config group of a command with a default option: that option's keys and the keys of its other options."""
+    found = []
+    for d in catalog.configs[config].group_defaults():
+        options = catalog.groups.get(d.group, ())
+        source = next((c for c in options if c.name == d.option), None)
+        if source is None:
+            continue
+        own = {e.key for e in source.entries}
+        others: dict[str, tuple[Entry, list[str]]] = {}
+        for option in options:
+            for e in option.entries:
+                if e.key not in own and not e.key.rpartition(".")[2].startswith("_"):
+                    others.setdefault(e.key, (e, []))[1].append(option.name)
+        found.append(GroupKeys(d, source, tuple((e, tuple(names)) for e, names in others.values())))
+    return found
+
+
+def group_note(choice: DefaultItem, options: list[str]) -> str:
+    """A defaults item's comment without the list of the group's options it may start with (``csv | tensorboard
+    (adds ...)``, ``f=1|2|4 sets ...``): help and docs show the choices in a column of their own."""
+    text = choice.description
+    match = re.match(rf"(?:{re.escape(choice.group)}=)?([\w.-]+(?:\s*\|\s*[\w.-]+)+)\s*:?\s*", text)
+    if match is None or not set(re.split(r"\s*\|\s*", match[1])) <= {*options, "null"}:
+        return text
+    rest = text[match.end():]
+    if rest.startswith("(") and rest.endswith(")") and rest.count("(") == 1:
+        rest = rest[1:-1]
+    return rest
+
+
+# Flags people type by habit -> the keys they usually mean (tried in order, before the flag's own name).
+FLAG_SYNONYMS = {
+    "steps": ("sampler.steps", "trainer.max_steps"), "lr": ("optim.lr",), "learning_rate": ("optim.lr",),
+    "bs": ("batch_size", "loader.batch_size"), "batch_size": ("batch_size", "loader.batch_size"),
+    "o": ("out",), "output": ("out",), "output_dir": ("out",), "outdir": ("out",), "n": ("samples", "n"),
+    "num_samples": ("samples", "n"), "scale": ("guidance",), "cfg_scale": ("guidance",),
+    "guidance_scale": ("guidance",), "checkpoint": ("ckpt",), "gpus": ("trainer.devices",),
+    "height": ("H",), "width": ("W",), "negative": ("negative_prompt",),
+}
+
+
+def flag_overrides(catalog: Catalog, config: str, flag: str) -> list[str]:
+    """What a ``--flag`` a command does not have most likely means: ``group=OPTION`` of a config group, or up to
+    three ``key=N`` / ``key=VALUE`` (its synonyms' keys first, then keys named like it); empty when nothing fits."""
+    cfg = catalog.configs.get(config)
+    if cfg is None:
+        return []
+    name = flag.lstrip("-").replace("-", "_")
+    if name in [d.group for d in cfg.group_defaults()]:
+        return [f"{name}=OPTION"]
+    found = [e for _, entries in command_entries(catalog, config) for e in entries]
+    gk = group_keys(catalog, config)
+    found += [e for g in gk for e in g.entries] + [e for g in gk for e, _ in g.others]
+    defaults: dict[str, str] = {}
+    for e in found:
+        if not e.key.rpartition(".")[2].startswith("_"):
+            defaults.setdefault(e.key, e.default)
+    keys = [k for k in defaults if k.rpartition(".")[2].lower() == name.lower()]
+    keys = next(([k] for k in (*FLAG_SYNONYMS.get(name.lower(), ()), name) if k in defaults), keys[:3])
+    return [f"{k}={_placeholder(defaults[k])}" for k in keys]
+
+
+def _placeholder(default: str) -> str:
+    """What to type for a key in a hint: N for a whole number, true for a switch, else VALUE."""
+    if re.fullmatch(r"-?[0-9]+", default):
+        return "N"
+    return "true" if default in ("true", "false") else "VALUE"
 
 
 def override_completions(catalog: Catalog, config: str) -> list[tuple[str, str]]:

@@ -16,6 +16,8 @@ from ldmkit.configdoc import (
     Entry,
     command_entries,
     command_name,
+    group_keys,
+    group_note,
     load_catalog,
 )
 from ldmkit.configdoc_text import defaults_text
@@ -109,13 +111,28 @@ def command_markdown(catalog: Catalog, config: str) -> str:
         for d in groups:
             choices = ", ".join(f"[`{o}`](../{d.group}.md#{_anchor(d.group, o)})" for o in catalog.options(d.group))
             lines.append(f"| [`{d.group}`](../{d.group}.md) | `{d.option}` | {choices} | "
-                         f"{_cell(_prose(d.description))} |")
+                         f"{_cell(_prose(group_note(d, catalog.options(d.group))))} |")
     else:
         lines.append("None.")
-    for name, entries in command_entries(catalog, config, with_hydra=True):
+    sections = command_entries(catalog, config, with_hydra=True)
+    for name, entries in sections:
         title = "Keys" if name == config else f"Keys from `conf/{catalog.configs[name].path}`"
         lines += ["", f"## {title}", "", *_key_table(entries)]
+        if name == config:
+            lines += _group_keys_md(catalog, config)
     return "\n".join(lines) + "\n"
+
+
+def _group_keys_md(catalog: Catalog, config: str) -> list[str]:
+    """The keys of the command's default group options, one table per group (the other options: the group page)."""
+    lines = []
+    for g in group_keys(catalog, config):
+        group, option = g.choice.group, g.choice.option
+        lines += ["", f"## Keys of `{group}={option}`", "",
+                  f"`conf/{g.source.path}`, the default; the other options and their keys: [{group}](../{group}.md).",
+                  ""]
+        lines += _key_table(list(g.entries)) if g.entries else ["No keys of its own."]
+    return lines
 
 
 def index_markdown(catalog: Catalog) -> str:

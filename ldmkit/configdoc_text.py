@@ -12,6 +12,8 @@ from ldmkit.configdoc import (
     Entry,
     command_entries,
     command_name,
+    group_keys,
+    group_note,
 )
 
 
@@ -94,10 +96,16 @@ def command_text(catalog: Catalog, config: str, width: int | None = None) -> lis
         choices = _wrap(" | ".join(catalog.options(d.group)), max(30, width - len(pad)))
         lines.append(f"    {d.group + '=' + d.option:<{group_w}}  {choices[0]}")
         lines += [pad + c for c in choices[1:]]
-        lines += [pad + w for w in _wrap(d.description, max(30, width - len(pad)))]
+        lines += [pad + w for w in _wrap(group_note(d, catalog.options(d.group)), max(30, width - len(pad)))]
     if not groups:
         lines.append("    (none)")
-    for name, entries in command_entries(catalog, config, with_hydra=True):
+    sections = command_entries(catalog, config, with_hydra=True)
+    for name, entries in sections[:1]:
+        lines += ["", f"  keys (conf/{catalog.configs[name].path}):", *_rows(entries, "    ", width)]
+    for g in group_keys(catalog, config):
+        rows = [*g.entries, *g.other_entries()]
+        lines += ["", f"  keys of {g.choice.group}={g.choice.option} (conf/{g.source.path}):", *_rows(rows, "    ", width)]
+    for name, entries in sections[1:]:
         lines += ["", f"  keys (conf/{catalog.configs[name].path}):", *_rows(entries, "    ", width)]
     return lines
 

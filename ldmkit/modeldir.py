@@ -128,6 +128,39 @@ def load_weights(path: Path) -> dict:
         raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
+CONDITIONS = "conditions.safetensors"  # an LDM's validation conditions: what sample / eval-fid draw when given none
+
+
+def save_values(path: Path, values: Any) -> bool:
+    """Write conditioning values (a tensor, a list of strings, or a dict of these) as safetensors, the strings in
+    its metadata; False (nothing written) for values of another form."""
+    import torch
+    from safetensors.torch import save_file
+
+    parts = values if isinstance(values, dict) else {"": values}
+    tensors = {k or "_": v.detach().contiguous().cpu() for k, v in parts.items() if isinstance(v, torch.Tensor)}
+    strings = {k: list(v) for k, v in parts.items() if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)}
+    if len(tensors) + len(strings) != len(parts):
+        return False
+    metadata = {"strings": json.dumps(strings), "root": "dict" if isinstance(values, dict) else "value"}
+    with atomic.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return True
+
+
+def load_values(path: Path) -> Any:
+    """The conditioning values :func:`save_values` wrote."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        parts: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    parts.update(json.loads(meta.get("strings", "{}")))
+    if meta.get("root") == "dict":
+        return parts
+    return parts["_"] if "_" in parts else parts[""]
+
+
 def first_stage_meta(ae: Any, kind: str, resolution: int, scale_factor: float, steps: int, **extra: Any) -> dict:
     """meta.json of a first-stage model dir (train-ae and import-compvis write this one shape)."""
     f, c = ae.downsample_factor, ae.latent_channels

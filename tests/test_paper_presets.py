@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldmkit import configdoc
 from ldmkit.runner import conf_dir
-from ldmkit.tasks.train_ldm import _fill_unet, effective_lr
+from ldmkit.tasks.train_ldm import _fill_cond_channels, _fill_unet, effective_lr
 
 CONF = Path(conf_dir())
 
@@ -142,6 +142,7 @@ def _build(cfg: DictConfig) -> tuple[int, int, int]:
     """(UNet, conditioner, first stage) parameter counts of a composed config, built on the meta device with the
     UNet's in/out channels filled as train-ldm does (latent channels + the conditioner's concat channels)."""
     with torch.device("meta"):
+        _fill_cond_channels(cfg, _latent(cfg.first_stage)[1])
         cond = instantiate(cfg.cond)
         _fill_unet(cfg, _latent(cfg.first_stage)[1], cond.concat_channels)
         unet = instantiate(cfg.unet)

@@ -1,8 +1,10 @@
 """σ-space samplers (Karras et al. 2022) on a discrete VP model, with the shared sampler signature.
 
 The VP latent x_t = √ā x0 + √(1−ā) ε is x_t·√(1+σ²) in σ-space with σ = √((1−ā)/ā); the denoiser
-D(x, σ) = x − σ·ε(x/√(1+σ²), t(σ)) uses the nearest trained timestep (k-diffusion's ``CompVisDenoiser``).
-Starting noise x ~ N(0, I) is the VP x_T, i.e. x·√(1+σ_max²) in σ-space.
+D(x, σ) = x − σ·ε(x/√(1+σ²), t(σ)) calls the model at the fractional timestep t(σ) interpolated in log σ
+between the trained ones, as k-diffusion's ``CompVisDenoiser`` (``quantize=True``: the nearest trained one).
+Starting noise x ~ N(0, I) is the VP x_T, i.e. x·√(1+σ_max²) in σ-space; for img2img (``init``, ``strength``)
+the σ list keeps its last steps and x starts at init + σ·noise (SDEdit, Meng et al. 2022).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.samplers import Callback, Denoiser, Generators, randn_like
+from ldmkit.diffusion.samplers import Callback, Denoiser, Generators, kept_steps, randn_like
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
 
@@ -21,9 +23,26 @@ def model_sigmas(schedule: NoiseSchedule) -> Tensor:
     return ((1 - a) / a).sqrt()
 
 
-def sigma_to_t(sigma: Tensor, sigmas: Tensor) -> Tensor:
-    """The trained timestep whose σ is nearest in log space (quantised, as CompVisDenoiser)."""
-    return (sigma.log().reshape(-1, 1) - sigmas.log().to(sigma.device)).abs().argmin(1)
+def sigma_to_t(sigma: Tensor, sigmas: Tensor, quantize: bool = False) -> Tensor:
+    """The (B,) timesteps of σs, as k-diffusion ``DiscreteSchedule.sigma_to_t``: fractional, linear in log σ between
+    the two trained neighbours (clamped to [0, T − 1]); ``quantize``: the nearest trained one in log σ (long)."""
+    log_sigma = sigma.reshape(-1).log()
+    log_sigmas = sigmas.log().to(sigma.device, log_sigma.dtype)
+    dists = log_sigma[None] - log_sigmas[:, None]
+    if quantize:
+        return dists.abs().argmin(0)
+    low = dists.ge(0).cumsum(0).argmax(0).clamp(max=len(log_sigmas) - 2)
+    w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def t_to_sigma(t: Tensor, sigmas: Tensor) -> Tensor:
+    """σ at (fractional) timesteps ``t``: log σ interpolated between the trained neighbours (k-diffusion
+    ``t_to_sigma``, the inverse of ``sigma_to_t``)."""
+    log_sigmas = sigmas.log().to(t.device)
+    t = t.to(log_sigmas.dtype)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
 
 
 def get_sigmas(schedule: NoiseSchedule, steps: int, karras: bool = False, rho: float = 7.0) -> Tensor:
@@ -46,21 +65,28 @@ def get_sigmas(schedule: NoiseSchedule, steps: int, karras: bool = False, rho: f
 class Denoised:
     """D(x, σ): the x0 estimate of an ε-model at σ, in σ-space."""
 
-    def __init__(self, model: Denoiser, schedule: NoiseSchedule, extra_args: dict | None) -> None:
-        self.model, self.extra_args = model, extra_args or {}
+    def __init__(self, model: Denoiser, schedule: NoiseSchedule, extra_args: dict | None,
+                 quantize: bool = False) -> None:
+        self.model, self.extra_args, self.quantize = model, extra_args or {}, quantize
         self.sigmas = model_sigmas(schedule)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x − σ·ε(x / √(1+σ²), t(σ))."""
-        t = sigma_to_t(sigma, self.sigmas).expand(x.shape[0])
+        t = sigma_to_t(sigma, self.sigmas, self.quantize).expand(x.shape[0])
         c_in = (1 / (sigma**2 + 1).sqrt()).to(x.dtype)
         return x - sigma.to(x.dtype) * self.model(x * c_in, t, **self.extra_args)
 
 
-def _prepare(x: Tensor, schedule: NoiseSchedule, steps: int, karras: bool) -> tuple[Tensor, Tensor]:
-    """σ list on x's device and the starting point in σ-space."""
+def _prepare(x: Tensor, schedule: NoiseSchedule, steps: int, karras: bool, init: Tensor | None = None,
+             strength: float = 1.0) -> tuple[Tensor, Tensor]:
+    """σ list on x's device and the starting point in σ-space: the noise ``x`` as x_T, or for img2img the last
+    ``kept_steps`` steps starting from init + σ·x (no steps: init itself; all steps: plain sampling)."""
     sigmas = get_sigmas(schedule, steps, karras).to(x.device)
-    return sigmas, x * (1 + sigmas[0] ** 2).sqrt().to(x.dtype)
+    kept = kept_steps(steps, strength) if init is not None else steps
+    if kept == steps:
+        return sigmas, x * (1 + sigmas[0] ** 2).sqrt().to(x.dtype)
+    sigmas = sigmas[steps - kept:]
+    return sigmas, init.to(x.dtype) + x * sigmas[0].to(x.dtype)
 
 
 def _report(callback: Callback | None, x: Tensor, i: int, sigma: Tensor, denoised: Tensor, total: int) -> None:
@@ -73,11 +99,12 @@ def _report(callback: Callback | None, x: Tensor, i: int, sigma: Tensor, denoise
 def sample_euler(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False,
-    generator: Generators = None,
+    generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
-    denoise = Denoised(model, schedule, extra_args)
-    sigmas, x = _prepare(x, schedule, steps, karras)
+    denoise = Denoised(model, schedule, extra_args, quantize)
+    sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
+    steps = len(sigmas) - 1
     for i in range(steps):
         d0 = denoise(x, sigmas[i])
         x = x + (x - d0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
@@ -89,11 +116,12 @@ def sample_euler(
 def sample_euler_ancestral(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False, eta: float = 1.0,
-    generator: Generators = None,
+    generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Euler ancestral (k-diffusion ``sample_euler_ancestral``): Euler to σ_down, then fresh noise σ_up."""
-    denoise = Denoised(model, schedule, extra_args)
-    sigmas, x = _prepare(x, schedule, steps, karras)
+    denoise = Denoised(model, schedule, extra_args, quantize)
+    sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
+    steps = len(sigmas) - 1
     for i in range(steps):
         d0 = denoise(x, sigmas[i])
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -110,11 +138,12 @@ def sample_euler_ancestral(
 def sample_heun(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = True,
-    generator: Generators = None,
+    generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1, deterministic); 2·steps − 1 model calls."""
-    denoise = Denoised(model, schedule, extra_args)
-    sigmas, x = _prepare(x, schedule, steps, karras)
+    denoise = Denoised(model, schedule, extra_args, quantize)
+    sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
+    steps = len(sigmas) - 1
     for i in range(steps):
         d0 = denoise(x, sigmas[i])
         d = (x - d0) / sigmas[i]
@@ -133,11 +162,12 @@ def sample_heun(
 def sample_dpmpp_2m(
     model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 20, karras: bool = True,
-    generator: Generators = None,
+    generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in σ-space, as k-diffusion ``sample_dpmpp_2m``."""
-    denoise = Denoised(model, schedule, extra_args)
-    sigmas, x = _prepare(x, schedule, steps, karras)
+    denoise = Denoised(model, schedule, extra_args, quantize)
+    sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
+    steps = len(sigmas) - 1
     old = None
     for i in range(steps):
         d0 = denoise(x, sigmas[i])

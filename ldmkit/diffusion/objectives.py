@@ -17,6 +17,12 @@ PREDICTIONS = ("eps", "v", "x0")
 def _coefficients(schedule: NoiseSchedule, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
     """(√ā_t, √(1−ā_t)) shaped to broadcast over a (B, ...) tensor."""
     shape = (-1, *([1] * (ndim - 1)))
+    if t.is_floating_point():  # σ-space samplers call between trained timesteps: ā from σ(t) interpolated in log σ
+        from ldmkit.diffusion.k_samplers import model_sigmas, t_to_sigma
+
+        sigma = t_to_sigma(t, model_sigmas(schedule))
+        a = (1 + sigma**2).rsqrt()
+        return a.float().reshape(shape), (sigma * a).float().reshape(shape)
     return (schedule.sqrt_alphas_cumprod.to(t.device)[t].reshape(shape),
             schedule.sqrt_one_minus_alphas_cumprod.to(t.device)[t].reshape(shape))
 

@@ -1,9 +1,15 @@
 """Samplers with one k-diffusion-style signature: ``sample_x(model, x, schedule, extra_args, callback, ...)``.
 
-``model(x, t, **extra_args)`` returns the predicted noise ε for a batch of discrete timesteps ``t``
-(``LatentDiffusion.eps`` converts v / x0 predictions, so every sampler serves every objective); ``x`` is
-the starting noise N(0, I); the result is the final latent. This module holds the discrete-time samplers
-(DDPM, DDIM, PLMS); ``k_samplers`` the σ-space ones (Euler, Euler ancestral, Heun, DPM-Solver++ 2M).
+``model(x, t, **extra_args)`` returns the predicted noise ε for a batch of timesteps ``t`` (long here; the
+σ-space samplers pass fractional ones; ``LatentDiffusion.eps`` converts v / x0 predictions, so every sampler serves
+every objective); ``x`` is the starting noise N(0, I); the result is the final latent. This module holds the
+discrete-time samplers (DDPM, DDIM, PLMS); ``k_samplers`` the σ-space ones (Euler, Euler ancestral, Heun,
+DPM-Solver++ 2M).
+
+img2img / SDEdit (Meng et al. 2022), the same for every sampler: with ``init`` (a clean latent z0) and
+``strength`` s in [0, 1] a sampler runs only the last ``int(s·steps)`` of its steps (as CompVis' img2img and
+diffusers), starting from z0 noised with ``x`` to the first of them; s = 1 is plain sampling from ``x`` (the
+same noise, bit for bit) and s = 0 returns z0.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +44,36 @@ def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
         return torch.stack([randn_like(x[i], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+DEFAULT_STRENGTH = 0.75  # img2img strength when none is given (CompVis' scripts/img2img.py)
+
+
+def check_strength(value: Any) -> float:
+    """The img2img strength as a float in [0, 1], else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"strength={value!r}: must be a number in [0, 1] (0 = the init image's reconstruction, "
+                        "1 = plain sampling)")
+    return float(value)
+
+
+def kept_steps(steps: int, strength: float) -> int:
+    """How many of a sampler's ``steps`` img2img runs: int(strength·steps) as CompVis / diffusers (the float
+    product's rounding error, e.g. 0.29·100 = 28.999…, does not drop a step)."""
+    return min(steps, int(check_strength(strength) * steps + 1e-6))
+
+
+def img2img_start(ts: Tensor, x: Tensor, schedule: NoiseSchedule, init: Tensor | None,
+                  strength: float) -> tuple[Tensor, Tensor]:
+    """A discrete sampler's (ascending) timesteps and start: all of them from the noise ``x``, or for img2img the
+    ``kept_steps`` lowest from ``init`` noised with ``x`` to the highest kept one (no steps: ``init`` itself)."""
+    kept = len(ts) if init is None else kept_steps(len(ts), strength)
+    if kept == len(ts):
+        return ts, x
+    if kept == 0:
+        return ts[:0], init.to(x.dtype)
+    ts = ts[:kept]
+    return ts, schedule.q_sample(init.to(x.dtype), ts[-1].expand(x.shape[0]), x)
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") -> Tensor:
@@ -81,10 +118,13 @@ def sample_ddim(
     eta: float = 0.0,
     discretize: str = "uniform",
     generator: Generators = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
 ) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12): deterministic for eta=0, DDPM-like variance for eta=1."""
     extra_args = extra_args or {}
-    ts = ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device)
+    ts, x = img2img_start(ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device), x, schedule,
+                          init, strength)
     alphas, alphas_prev = _ddim_alphas(schedule, ts)
     for i in reversed(range(len(ts))):
         t = ts[i].expand(x.shape[0])
@@ -109,10 +149,13 @@ def sample_plms(
     steps: int = 50,
     discretize: str = "uniform",
     generator: Generators = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
 ) -> Tensor:
     """PLMS (Liu et al. 2022, Alg. 2 as in CompVis): Adams–Bashforth on ε, 2-evaluation warm-up; S+1 calls."""
     extra_args = extra_args or {}
-    ts = ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device)
+    ts, x = img2img_start(ddim_timesteps(schedule.num_timesteps, steps, discretize).to(x.device), x, schedule,
+                          init, strength)
     alphas, alphas_prev = _ddim_alphas(schedule, ts)
     zero = alphas.new_zeros(())
     old: list[Tensor] = []
@@ -145,6 +188,8 @@ def sample_ddpm(
     callback: Callback | None = None,
     steps: int = 1000,
     generator: Generators = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with posterior variance β̃, respaced to ``steps``."""
     extra_args = extra_args or {}
@@ -152,6 +197,7 @@ def sample_ddpm(
     if not 1 <= steps <= T:
         raise UserError(f"sampler.steps must be in 1..{T}, got {steps}")
     ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique().to(x.device)
+    ts, x = img2img_start(ts, x, schedule, init, strength)
     a_all = schedule.alphas_cumprod.to(x.device, torch.float64)
     for i in reversed(range(len(ts))):
         a = a_all[ts[i]]
@@ -202,5 +248,7 @@ def check_sampler(sampler: Callable[..., Tensor], num_timesteps: int) -> None:
         raise UserError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
     elif steps < 1:
         raise UserError(f"sampler.steps must be >= 1, got {steps}")
+    if not isinstance(options.get("quantize", False), bool):
+        raise UserError(f"sampler.quantize={options['quantize']!r}: must be true or false")
     if "eta" in options and not (math.isfinite(_number(options, "eta")) and options["eta"] >= 0):
         raise UserError(f"sampler.eta={options['eta']}: must be a finite number >= 0 (0 = deterministic)")

@@ -153,6 +153,9 @@ class InpaintConditioner(Conditioner):
     def __init__(self, latent_channels: int, key: str = "image", mask_key: str = "mask",
                  drop_prob: float = 0.0, mask_resize: str = "area", scaled: bool = True) -> None:
         super().__init__()
+        if latent_channels is None:
+            raise ValueError("latent_channels=None: give the first stage's latent channels (train-ldm takes them "
+                             "from ae=)")
         if latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1, got {latent_channels}")
         if mask_resize not in ("area", "nearest"):

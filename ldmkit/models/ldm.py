@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ldmkit.diffusion.guidance import cfg_denoiser
 from ldmkit.diffusion.objectives import check_prediction, to_eps
-from ldmkit.diffusion.samplers import randn_like, sample_ddim
+from ldmkit.diffusion.samplers import check_strength, randn_like, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner, num_values, resize_to
 from ldmkit.models.first_stage import FirstStage
@@ -60,7 +60,8 @@ class LatentDiffusion(nn.Module):
         return out.float()
 
     def eps(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-        """The noise prediction implied by the UNet's output (what every sampler consumes)."""
+        """The noise prediction implied by the UNet's output (what every sampler consumes); ``t`` may be
+        fractional (the σ-space samplers' log-σ interpolation), the UNet embeds it as a float."""
         return to_eps(self.prediction, self.schedule, self.net(x, t, cond), x, t)
 
     def condition(self, values: Any) -> Cond:
@@ -71,6 +72,13 @@ class LatentDiffusion(nn.Module):
         """Image sides must be multiples of this: f × 2^(UNet levels − 1) (convolutional sampling, Sec. 4.3.2)."""
         levels = len(getattr(self.unet, "channel_mult", (1,)))
         return self.first_stage.downsample_factor * 2 ** (levels - 1)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] -> their latents z0, scaled as in training (the first stage's posterior mean):
+        the start of img2img."""
+        device = next(self.unet.parameters()).device
+        return self.first_stage.encode(images.to(device, torch.float32))
 
     def latent_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
         """The latent (h, w) for an image of ``height`` × ``width`` pixels (default: the training size)."""
@@ -92,11 +100,15 @@ class LatentDiffusion(nn.Module):
         return_latents: bool = False,
         size: tuple[int, int] | None = None,
         uncond_values: Any = None,
+        init: Tensor | None = None,
+        strength: float = 1.0,
     ) -> Tensor:
         """Draw images in [-1, 1] for ``values`` (one per sample; ``None`` = unconditional, ``n`` samples).
 
         ``size`` is the latent (h, w) (default: the training size; larger = convolutional sampling) and
-        ``uncond_values`` replace the null condition of classifier-free guidance (a negative prompt)."""
+        ``uncond_values`` replace the null condition of classifier-free guidance (a negative prompt). img2img
+        (SDEdit): ``init`` holds one latent z0 per sample (``encode``), which the sampler noises to the step
+        ``strength`` of the way into its schedule and denoises from there (0: z0 itself, 1: plain sampling)."""
         unconditional = isinstance(self.cond, NoConditioner)
         if values is None:
             if n is None:
@@ -119,7 +131,19 @@ class LatentDiffusion(nn.Module):
             extra_args={"cond": cond, "uncond": uncond},
             callback=callback,
             generator=generator,
+            **self._img2img(init, strength, shape),
         )
         if return_latents:
             return z
         return self.cond.composite(self.first_stage.decode(z).clamp(-1, 1), values)
+
+    def _img2img(self, init: Tensor | None, strength: float, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The sampler's img2img arguments (none without ``init``), with ``init`` checked against the batch."""
+        if init is None:
+            if strength != 1.0:
+                raise ValueError(f"strength={strength} is img2img's: give the init latents too (init=)")
+            return {}
+        if tuple(init.shape) != tuple(shape):
+            raise ValueError(f"init latents of shape {tuple(init.shape)}, the batch needs {tuple(shape)}")
+        return {"init": init.to(next(self.unet.parameters()).device, torch.float32),
+                "strength": check_strength(strength)}

@@ -28,6 +28,23 @@ def find_vgg_weights(weights: str | None) -> Path:
     return path
 
 
+def lpips_skip_reason(weights: str | None, required: bool = False) -> str | None:
+    """None when LPIPS can be built from ``weights``; else the one line saying the default LPIPS term is left out
+    (no VGG16 weights in the torch hub cache) and how to add it. Weights asked for (a path, or ``required``) that
+    are missing stay the one-line error of :func:`find_vgg_weights`."""
+    if weights == "random":
+        return None
+    try:
+        find_vgg_weights(weights)
+    except UserError:
+        if weights or required:
+            raise
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        return (f"training without the LPIPS loss: no {VGG16_FILE} in {folder}; put it there or set "
+                "loss.perceptual.weights=PATH to add it (loss.perceptual.required=true makes this an error)")
+    return None
+
+
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance per image pair (B, 1, 1, 1) for images in [-1, 1].
 

@@ -70,7 +70,7 @@ def forwarded(cfg: DictConfig) -> list[str]:
     options (also when an experiment chose them), their dotted overrides, the resolution, the seed, ``ae_args``."""
     from hydra.core.hydra_config import HydraConfig
 
-    from ldmkit.runner import quote_paths
+    from ldmkit.cli_args import quote_paths
 
     hydra = HydraConfig.get()
     choices = hydra.runtime.choices

@@ -20,7 +20,7 @@ from rich.table import Table
 from torch.utils.data import default_collate
 
 from ldmkit import modeldir
-from ldmkit.data.access import EachOnce
+from ldmkit.data.access import EachOnce, first_item
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
 from ldmkit.evaluation.features import (
@@ -35,11 +35,11 @@ from ldmkit.evaluation.features import (
     save_cached,
 )
 from ldmkit.evaluation.fid import find_inception_weights
-from ldmkit.models.conditioners import NoConditioner
-from ldmkit.progress import track
+from ldmkit.models.conditioners import NoConditioner, take
+from ldmkit.progress import duration, track
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
-from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg
+from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg, stored_conditions
 
 
 def folder_dataset(path: str, option: str):
@@ -116,16 +116,31 @@ def reference_features(cfg: DictConfig, dataset, n: int, extractor, weights: Pat
     return features.tensors(), {**info, "reference_cache": "miss", "reference_cache_file": str(path)}
 
 
-def _sample_stream(cfg: DictConfig, ldm, dataset, n: int) -> Iterator[tuple[torch.Tensor, Any]]:
-    """(images in [-1, 1], their conditioning values) batch by batch, conditions drawn from the reference set."""
-    conditional = not isinstance(ldm.cond, NoConditioner)
-    chunks = ((ldm.cond.values(b) if conditional else None, None, len(b["image"]))
-              for b in batches(cycled(dataset, n), cfg.batch_size))
+def _sample_stream(cfg: DictConfig, ldm, dataset, n: int, ckpt: Path) -> Iterator[tuple[torch.Tensor, Any]]:
+    """(images in [-1, 1], their conditioning values) batch by batch, conditions drawn from the reference set when
+    its items carry the conditioner's fields, else from the model dir's validation conditions."""
+    spans = [(a, min(cfg.batch_size, n - a)) for a in range(0, n, cfg.batch_size)]
+    if isinstance(ldm.cond, NoConditioner):
+        chunks: Iterator = ((None, None, count) for _, count in spans)
+    elif _carries_fields(ldm.cond, dataset):
+        chunks = ((ldm.cond.values(b), None, len(b["image"])) for b in batches(cycled(dataset, n), cfg.batch_size))
+    else:
+        bank = stored_conditions(ldm, ckpt, n)
+        chunks = ((take(bank, a, a + count), None, count) for a, count in spans)
     feed, seen = tee(chunks)
     stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance_scale(cfg.guidance, ldm.cond), cfg.seed,
                              label="eval-fid sampling")
     for images, (values, _, _) in zip(stream, seen, strict=True):
         yield images, values
+
+
+def _carries_fields(cond, dataset) -> bool:
+    """Whether the reference items hold what the conditioner reads (a labelled dataset, not a bare folder)."""
+    try:
+        cond.values(default_collate([first_item(dataset, "reference")]))
+    except KeyError:
+        return False
+    return True
 
 
 def _accuracy_tally(dataset, values: Any):
@@ -148,7 +163,7 @@ def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path, spe
     ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), speed)
     dataset = reference_dataset(cfg, ckpt)
     tally, first, seconds = None, True, 0.0
-    stream = _sample_stream(cfg, ldm, dataset, n)
+    stream = _sample_stream(cfg, ldm, dataset, n, ckpt)
     while True:
         start = time.perf_counter()
         images, values = next(stream, (None, None))
@@ -157,6 +172,9 @@ def _evaluate_ldm(cfg: DictConfig, n: int, generated: FeatureSet, out: Path, spe
             break
         if first:
             tally, first = _accuracy_tally(dataset, values), False
+            if len(images) < n:
+                console.print(f"eval-fid: {n} samples will take about {duration(seconds * n / len(images))} "
+                              f"(the first {len(images)} took {duration(seconds)})")
             save_grid(images[:64], out / "samples_grid.png")
         _keep(cfg, images, generated.count, out)
         generated.add(to_uint8(images))
@@ -220,7 +238,7 @@ def run(cfg: DictConfig) -> None:
     check_guidance(cfg.guidance)
     weights, reason = find_inception_weights(cfg.inception_weights)
     if weights is None and cfg.on_missing_weights != "skip":
-        raise UserError(reason)
+        raise UserError(f"{reason} (or on_missing_weights=skip: the other metrics without Inception's)")
     extractor = InceptionFeatures(weights, device()) if weights is not None else None
     generated = FeatureSet(extractor)
     if cfg.ae:

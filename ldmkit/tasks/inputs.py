@@ -90,7 +90,11 @@ def _prompts(cfg: DictConfig) -> list[str] | None:
         file = Path(str(cfg.prompts_file))
         if not file.is_file():
             raise UserError(f"prompts_file={file}: no such file")
-        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = file.read_text(encoding="utf-8-sig")  # a Windows editor's BOM is no prompt text
+        except UnicodeDecodeError as exc:
+            raise UserError(f"prompts_file={file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        lines = [line.strip() for line in text.split("\n") if line.strip()]  # each line verbatim, '\r' dropped
         if not lines:
             raise UserError(f"prompts_file={file}: no prompts in it (one per line)")
         prompts += lines
@@ -238,6 +242,33 @@ def negative_values(cond: Conditioner, negative: str | None, n: int) -> Any:
     if None in parts:
         return [str(negative)] * n
     return {name: ([str(negative)] * n if name in texts else p.null(n)) for name, p in parts.items()}
+
+
+def read_init_images(files: list[str], size: tuple[int, int]) -> Tensor:
+    """``init_image=`` files -> (k, 3, H, W) in [-1, 1] at the output ``size`` (H, W): each scaled to cover it and
+    center-cropped (its aspect ratio kept; Lanczos, as diffusers' img2img resizes)."""
+    from PIL import Image, ImageOps
+
+    h, w = size
+    images = [ImageOps.fit(_open_image(f, "init_image").convert("RGB"), (w, h), Image.Resampling.LANCZOS)
+              for f in files]
+    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+                        for im in images])
+
+
+def init_image_requests(reqs: Requests | None, files: list[str], cond: Conditioner) -> Requests:
+    """The requests paired with their ``init_image=`` files: one file for every request, or one file per request
+    (a single request is repeated for each file; with no requests, an unconditional model, one per file)."""
+    if reqs is None:
+        return Requests(cond.null(len(files)), [{"init_image": f} for f in files])
+    if len(files) not in (1, len(reqs)) and len(reqs) != 1:
+        raise UserError(f"init_image= names {len(files)} images for {len(reqs)} requests: give one image for all, "
+                        "or one per request")
+    count = max(len(reqs), len(files))
+    reqs = _broadcast(reqs, count)
+    files = files * count if len(files) == 1 else files
+    return Requests(reqs.values, [{**d, "init_image": f} for d, f in zip(reqs.described, files, strict=True)],
+                    reqs.size)
 
 
 def repeat_requests(reqs: Requests, n: int) -> tuple[Any, list[dict]]:

@@ -15,18 +15,21 @@ from torch import Tensor
 from ldmkit import modeldir
 from ldmkit.atomic import atomic_path, write_text
 from ldmkit.diffusion.guidance import guidance_scale
-from ldmkit.diffusion.samplers import check_sampler
+from ldmkit.diffusion.samplers import DEFAULT_STRENGTH, check_sampler, check_strength
 from ldmkit.errors import UserError, check_whole
 from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
-from ldmkit.tasks.generation import check_guidance, generate, reference_conditions
+from ldmkit.tasks.generation import check_guidance, generate, stored_conditions
 from ldmkit.tasks.inputs import (
     Requests,
+    as_list,
     check_input_files,
+    init_image_requests,
     input_options,
     negative_values,
+    read_init_images,
     repeat_requests,
     use_local_files,
     user_requests,
@@ -42,14 +45,23 @@ def check_options(cfg: DictConfig) -> None:
     for key in ("H", "W"):
         if cfg.get(key) is not None:
             check_whole(cfg[key], key, 1, " of pixels")
+    init_files = as_list(cfg.get("init_image")) or []
+    if cfg.get("strength") is not None:
+        check_strength(cfg.strength)
+        if not init_files:
+            raise UserError(f"strength={cfg.strength} is img2img's: give init_image= (the image to start from) too")
+    for file in init_files:
+        if not Path(str(file)).is_file():
+            raise UserError(f"init_image={file}: no such file")
 
 
 def reference_requests(ldm: LatentDiffusion, ckpt: Path, n: int) -> Requests | None:
     """``n`` validation-set conditions (one sample each), described by caption / label where simple."""
-    if ldm.cond.inputs and "dataset" not in OmegaConf.load(ckpt / "config.yaml"):
+    no_bank = not (ckpt / modeldir.CONDITIONS).is_file()
+    if ldm.cond.inputs and no_bank and "dataset" not in OmegaConf.load(ckpt / "config.yaml"):
         raise UserError(f"this {ldm.cond.task} model was not trained here (no dataset to draw conditions from): "
                         f"give {input_options(ldm.cond.inputs)}")
-    values = reference_conditions(ldm, ckpt, n)
+    values = stored_conditions(ldm, ckpt, n)
     if values is None:
         return None
     if isinstance(values, list) and all(isinstance(v, str) for v in values):
@@ -91,6 +103,10 @@ def run(cfg: DictConfig) -> None:
     per_request = cfg.n
     if reqs is None:  # no inputs: n conditions from the validation set, one sample each
         reqs, per_request = reference_requests(ldm, ckpt, cfg.n), 1
+    init_files = [str(f) for f in as_list(cfg.get("init_image")) or []]
+    if init_files:  # img2img: each request with its init image (unconditional: n samples per image)
+        per_request = cfg.n if reqs is None else per_request
+        reqs = init_image_requests(reqs, init_files, ldm.cond)
     pixels = image_size(cfg, reqs, ldm)
     try:
         size = ldm.latent_size(*pixels) if pixels else None
@@ -103,9 +119,16 @@ def run(cfg: DictConfig) -> None:
     total = len(described)
     with open_dict(cfg):
         cfg.guidance = guidance_scale(cfg.guidance, ldm.cond)
+        if init_files and cfg.get("strength") is None:
+            cfg.strength = DEFAULT_STRENGTH
     uncond = negative_values(ldm.cond, cfg.get("negative_prompt"), total)
+    init = None
+    if init_files:  # the latents z0 of the init images, one per sample, at the output size
+        f = ldm.first_stage.downsample_factor
+        latents = ldm.encode(read_init_images(init_files, tuple(s * f for s in size or ldm.latent_shape[1:])))
+        init = latents[[init_files.index(d["init_image"]) for d in described]]
     images = generate(ldm, values, total, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size,
-                      size=size, uncond=uncond)
+                      size=size, uncond=uncond, init=init, strength=cfg.strength if init_files else 1.0)
     records = _records(cfg, described)
     for image, record in zip(images, records, strict=True):
         save_png_with_text(image, out / record["file"], record)
@@ -128,6 +151,8 @@ def _records(cfg: DictConfig, described: list[dict]) -> list[dict[str, Any]]:
     sampler = {k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if not k.startswith("_")}
     shared = {"sampler": sampler_name(cfg), "steps": sampler.get("steps"), "guidance": float(cfg.guidance),
               "negative_prompt": cfg.get("negative_prompt"), "sampler_options": sampler}
+    if as_list(cfg.get("init_image")):  # img2img: each row names its init image (described)
+        shared["strength"] = float(cfg.strength)
     return [{"file": f"{i:06d}.png", **d, "seed": int(cfg.seed) + i, **shared} for i, d in enumerate(described)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ldmkit import modeldir
@@ -14,6 +14,7 @@ from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
 from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.first_stage import FirstStage, IdentityStage, latent_scale
+from ldmkit.models.perceptual import LPIPS, lpips_skip_reason
 from ldmkit.models.vq import VQModel
 from ldmkit.tasks.common import console, run_dir, save_grid
 
@@ -36,9 +37,33 @@ def _chosen(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group)
 
 
-def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
+def loss_config(loss: DictConfig) -> tuple[DictConfig, str | None]:
+    """The ``loss`` node to instantiate (``perceptual.required`` taken out) and, when the default LPIPS term is
+    left out for want of its VGG16 weights, the line saying so (None when the loss is used as configured)."""
+    spec = OmegaConf.create(OmegaConf.to_container(loss, resolve=True))
+    perceptual = spec.get("perceptual")
+    if perceptual is None:
+        return spec, None
+    required = bool(perceptual.pop("required", False))
+    if perceptual.get("_target_") != f"{LPIPS.__module__}.{LPIPS.__qualname__}":
+        return spec, None
+    reason = lpips_skip_reason(perceptual.get("weights"), required)
+    if reason is not None:
+        spec.perceptual = None
+    return spec, reason
+
+
+def _say_once(text: str) -> None:
+    """``text`` as one unwrapped line on stderr, from rank 0 only (DDP runs this task on every rank)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def _train(cfg: DictConfig, ae: nn.Module, loss: nn.Module, dataset, out) -> int:
     """Fit the autoencoder (and discriminator) with Lightning, writing reconstruction grids and the loss plot;
-    return the training steps done."""
+    return the training steps done (autoencoder updates)."""
     from ldmkit.training.autoencoder_module import AutoencoderModule
     from ldmkit.training.loader import make_loader
     from ldmkit.training.pictures import LossPlot, ReconstructionGrids, check_options
@@ -47,12 +72,11 @@ def _train(cfg: DictConfig, ae: nn.Module, dataset, out) -> int:
     check_options(cfg.images.every_n_steps, cfg.images.count)
     loggers = extra_loggers(instantiate(cfg.logger), out)
     val = instantiate(cfg.dataset, split="val", size=cfg.images.count)  # the grids' fixed images
-    module = AutoencoderModule(ae, instantiate(cfg.loss), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    module = AutoencoderModule(ae, loss, lr=cfg.optim.lr, betas=cfg.optim.betas)
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
     pictures = [ReconstructionGrids(out, val, cfg.images.every_n_steps, cfg.images.count), LossPlot(out)]
-    trainer = fit(cfg, module, loader, out, callbacks=pictures, steps_per_batch=module.steps_per_batch,
-                  loggers=loggers, name="train-ae")
-    return module.ae_step if trainer.is_global_zero else -1
+    trainer = fit(cfg, module, loader, out, callbacks=pictures, loggers=loggers, name="train-ae")
+    return trainer.global_step if trainer.is_global_zero else -1
 
 
 def _check_manual_optimization(trainer: DictConfig) -> None:
@@ -64,6 +88,15 @@ def _check_manual_optimization(trainer: DictConfig) -> None:
     if int(trainer.get("accumulate_grad_batches", 1) or 1) != 1:
         raise UserError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: train-ae steps its "
                         "optimisers itself, so Lightning cannot accumulate; raise loader.batch_size instead")
+
+
+def _as_trained(cfg: DictConfig, lpips_skipped: str | None) -> DictConfig:
+    """The config to keep in the model dir: ``loss.perceptual`` null when training ran without LPIPS."""
+    if not lpips_skipped:
+        return cfg
+    kept = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    kept.loss.perceptual = None
+    return kept
 
 
 def run(cfg: DictConfig) -> None:
@@ -85,12 +118,15 @@ def run(cfg: DictConfig) -> None:
     weights, reason = find_inception_weights(cfg.report.inception_weights, "report.inception_weights")
     if weights is None and cfg.report.on_missing_weights != "skip":
         raise UserError(reason)
+    loss_cfg, lpips_skipped = loss_config(cfg.loss) if kind != "identity" else (None, None)
     dataset = instantiate(cfg.dataset)
     steps = 0
     if kind == "identity":
         console.print("first_stage=identity (f=1): nothing to train; writing the pixel-space stage")
     else:
-        steps = _train(cfg, ae, dataset, out)
+        if lpips_skipped:
+            _say_once(lpips_skipped)
+        steps = _train(cfg, ae, instantiate(loss_cfg), dataset, out)
     skipped = write_skips(dataset, out)  # every rank: the counts are summed over DDP ranks
     if steps < 0:
         return
@@ -108,9 +144,10 @@ def run(cfg: DictConfig) -> None:
     metrics = {f"val_{k}": v for k, v in reconstruction_metrics(images, rec, weights).items()}
     if weights is None:
         metrics["val_rfid_skipped"] = reason
-    meta = modeldir.save(out, cfg, {"model": ae.state_dict()}, modeldir.first_stage_meta(
-        ae, kind, res, stage.scale_factor, steps, metrics=metrics,
-        **({"skipped_samples": skipped["skipped"]} if skipped else {})))
+    extra = {**({"skipped_samples": skipped["skipped"]} if skipped else {}),
+             **({"perceptual_skipped": lpips_skipped} if lpips_skipped else {})}
+    meta = modeldir.save(out, _as_trained(cfg, lpips_skipped), {"model": ae.state_dict()},
+                         modeldir.first_stage_meta(ae, kind, res, stage.scale_factor, steps, metrics=metrics, **extra))
     rfid = f", rFID {metrics['val_rfid']:.2f}" if "val_rfid" in metrics else ""
     console.print(
         f"first stage {kind} f={f} -> {out}  (scale {stage.scale_factor:.4f}, val PSNR {metrics['val_psnr']:.2f} dB, "

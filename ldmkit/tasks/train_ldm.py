@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
 from ldmkit import modeldir
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
@@ -12,6 +12,7 @@ from ldmkit.errors import UserError
 from ldmkit.speed import Speed, prepare, set_threads, training_precision
 from ldmkit.tasks.ae_choice import resolve_ae
 from ldmkit.tasks.common import console, run_dir
+from ldmkit.tasks.generation import condition_bank, training_source
 
 
 def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
@@ -62,13 +63,33 @@ def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
                                 f"and the conditioner concatenates {concat}: expected {want}")
 
 
+def _fill_cond_channels(cfg: DictConfig, latent_channels: int, dataset: object | None = None) -> None:
+    """A concat conditioner's channels follow their source, as the UNet's do: inpaint's are the latent channels of
+    ae= (null = take them), sr's the channels of the dataset's low-res images; a contradicting value is one line."""
+    target = str(cfg.cond.get("_target_", ""))
+    if target.endswith(".InpaintConditioner"):
+        _fill_cond_key(cfg, "latent_channels", latent_channels, f"the first stage has {latent_channels} latent channels")
+    elif target.endswith(".SRConditioner") and dataset is not None:
+        lowres = first_item(dataset).get(cfg.cond.key)
+        if lowres is not None and len(getattr(lowres, "shape", ())) == 3:
+            n = int(lowres.shape[0])
+            _fill_cond_key(cfg, "channels", n, f"the dataset's low-res images ({cfg.cond.key}) have {n} channels")
+
+
+def _fill_cond_key(cfg: DictConfig, key: str, want: int, why: str) -> None:
+    """Set ``cond.<key>`` to ``want`` when null, else check it: one line naming the value to use."""
+    with open_dict(cfg):
+        if cfg.cond.get(key) is None:
+            cfg.cond[key] = want
+        elif cfg.cond[key] != want:
+            raise UserError(f"cond.{key}={cfg.cond[key]} but {why}: set cond.{key}={want}")
+
+
 def _fill_upscale(cfg: DictConfig) -> None:
     """A super-resolution conditioner records the dataset's sr_factor, so sampling needs no dataset."""
     if "upscale" not in cfg.cond or cfg.cond.upscale is not None:
         return
-    source = OmegaConf.create(read_manifest(cfg.dataset.path)["dataset"]) if is_latent_shards(cfg.dataset) \
-        else cfg.dataset
-    factor = source.get("sr_factor", 4)
+    factor = cfg.source_dataset.get("sr_factor", 4)
     if factor is None:
         raise UserError("cond=sr trains on low-res copies: set dataset.sr_factor (the paper's LDM-SR: 4)")
     with open_dict(cfg):
@@ -99,10 +120,14 @@ def run(cfg: DictConfig) -> None:
     check_options(cfg.images.every_n_steps, cfg.images.count)
     loggers = extra_loggers(instantiate(cfg.logger), out)
     dataset = instantiate(cfg.dataset)
+    with open_dict(cfg):  # sampling and eval-fid find the images here, from any working directory
+        cfg.source_dataset = training_source(cfg.dataset)
     val = _val_split(cfg)
     _fill_upscale(cfg)
+    _fill_cond_channels(cfg, ae_meta["latent_channels"], dataset)
     cond = instantiate(cfg.cond)
     _check_fields(cond, dataset)
+    bank = condition_bank(cfg.source_dataset, cond)
     _fill_unet(cfg, ae_meta["latent_channels"], cond.concat_channels)
     ldm = modeldir.build_ldm(cfg, modeldir.load(ae_dir), latent_shape, cfg.objective.prediction, cond=cond)
     lr = effective_lr(cfg)
@@ -114,6 +139,8 @@ def run(cfg: DictConfig) -> None:
     def write(where, steps: int, extra: dict | None = None) -> dict:
         """A model dir (config, weights, EMA, meta, first_stage/ copy) of the current weights."""
         modeldir.copy(ae_dir, where / "first_stage")
+        if bank is not None:  # sample / eval-fid given no conditions draw these: the model dir is self-contained
+            modeldir.save_values(where / modeldir.CONDITIONS, bank)
         weights = {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()}
         return modeldir.save(where, cfg, weights, modeldir.ldm_meta(ldm, ae_dir, ae_meta, steps, lr=lr, **(extra or {})))
 
@@ -133,11 +160,8 @@ def run(cfg: DictConfig) -> None:
 def _val_split(cfg: DictConfig):
     """The first ``images.count`` validation samples (of the source images for dataset=latents), whose conditions
     the sample grids use; None (null conditions, one line) when there is no such split."""
-    source = cfg.dataset
     try:
-        if is_latent_shards(source):
-            source = OmegaConf.create(read_manifest(source.path)["dataset"])
-        return instantiate(source, split="val", size=cfg.images.count)
+        return instantiate(cfg.source_dataset, split="val", size=cfg.images.count)
     except UserError as exc:
         console.print(f"sample grids use the null condition: no validation split to take conditions from ({exc})")
         return None

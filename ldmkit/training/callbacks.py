@@ -53,8 +53,8 @@ class Throughput(pl.Callback):
 
 
 def training_step_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-    """Training steps done: the autoencoder counts one per batch, Lightning one per optimiser step."""
-    return int(getattr(pl_module, "ae_step", trainer.global_step))
+    """Training steps done: Lightning's ``global_step`` (the autoencoder module counts its generator updates only)."""
+    return int(trainer.global_step)
 
 
 class FiniteGuard(pl.Callback):

@@ -26,6 +26,15 @@ def ema_multi_avg_fn(decay: float):
     return avg
 
 
+def compvis_ema(module: torch.nn.Module, decay: float) -> AveragedModel:
+    """An EMA of ``module`` updated as CompVis' LitEma: it starts from the weights at construction and its k-th update
+    (k = 1, 2, ...) uses d = min(decay, (1+k)/(10+k)) (AveragedModel's first update would copy instead)."""
+    ema = AveragedModel(module, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    ema.n_averaged.fill_(1)  # the count the averaging function sees is then LitEma's num_updates
+    ema.requires_grad_(False)
+    return ema
+
+
 class LDMModule(pl.LightningModule):
     """Trains ``ldm.unet`` + ``ldm.cond`` on batches of images (encoded on the fly) or latent posteriors."""
 
@@ -40,8 +49,7 @@ class LDMModule(pl.LightningModule):
         super().__init__()
         self.ldm = ldm
         self.lr, self.weight_decay, self.min_snr_gamma = lr, weight_decay, min_snr_gamma
-        self.ema = AveragedModel(ldm.trainable(), multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.ema = compvis_ema(ldm.trainable(), ema_decay)
 
     def latents(self, batch: dict) -> Tensor:
         """A fresh z per step: scale * (mean + std * eps) from shards, or a posterior draw of the images."""

@@ -52,8 +52,7 @@ class PlainProgressBar(ProgressBar):
         """Start the line's clock at the first step of this run (a resumed run's earlier steps leave the rate)."""
         if not (self.enabled and trainer.is_global_zero):
             return
-        per_batch = int(getattr(pl_module, "steps_per_batch", 1))
-        total = trainer.max_steps // per_batch if trainer.max_steps and trainer.max_steps > 0 else None
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.tracker = Tracker(mode="plain", interval=self.interval, stream=self.stream, clock=self.clock)
         self.tracker.__enter__()
         self.task = self.tracker.add(self.name, total, unit="step", completed=training_step_of(trainer, pl_module))

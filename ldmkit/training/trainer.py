@@ -131,19 +131,17 @@ def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | N
 
 
 def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path, callbacks: list | None = None,
-        steps_per_batch: int = 1, loggers: list | None = None, name: str = "train") -> pl.Trainer:
+        loggers: list | None = None, name: str = "train") -> pl.Trainer:
     """Train ``module`` (resuming per ``cfg.resume``) with the CSV log plus ``loggers``, progress named ``name``;
-    ``trainer.max_steps`` and ``checkpoint.every_n_steps`` count training steps (× ``steps_per_batch`` optimiser
-    steps). SIGTERM/SIGUSR1 save and exit 128+signal."""
+    ``trainer.max_steps`` and ``checkpoint.every_n_steps`` count training steps (Lightning's ``global_step``: the
+    autoencoder module keeps its discriminator's updates out of it). SIGTERM/SIGUSR1 save and exit 128+signal."""
     ckpt_path = find_checkpoint(cfg.resume, run_dir)
     keep = logged_steps(check_checkpoint(ckpt_path, module)) if ckpt_path else None
     trainer_cfg = dict(cfg.trainer)
-    if trainer_cfg.get("max_steps", -1) > 0:
-        trainer_cfg["max_steps"] *= steps_per_batch
     for leftover in leftovers(run_dir / LAST):  # a write that a kill interrupted
         leftover.unlink(missing_ok=True)
     every = cfg.checkpoint.every_n_steps
-    resumable = Resumable(loader, run_dir / LAST, every * steps_per_batch if every else None)
+    resumable = Resumable(loader, run_dir / LAST, every or None)
     trainer = make_trainer(trainer_cfg, run_dir, [*(callbacks or []), resumable], keep, loggers, name)
     if ckpt_path:
         _say(trainer, f"resuming from {ckpt_path}")
@@ -155,7 +153,7 @@ def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path,
         pass
     if resumable.signal is not None:
         name = signal.Signals(resumable.signal).name
-        _say(trainer, f"stopped by {name} after step {trainer.global_step // steps_per_batch}: checkpoint "
+        _say(trainer, f"stopped by {name} after step {trainer.global_step}: checkpoint "
                       f"{run_dir / LAST}; continue with resume=true out={run_dir}")
         raise SystemExit(128 + resumable.signal)
     return trainer

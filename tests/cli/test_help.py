@@ -172,3 +172,20 @@ def test_docs_config_is_up_to_date_and_has_every_key():
     for path in _conf_files():
         for key in _yaml_keys(path):
             assert f"| `{key}` |" in everything, (path, key)
+
+
+def test_help_lists_group_choices_once_default_option_keys_and_what_import_compvis_imports():
+    from conftest import ldmkit_inprocess
+
+    out = ANSI.sub("", ldmkit_inprocess(["train-ae", "--help"])[1])
+    groups = out[out.index("Config groups"):out.index("Config: KEY=VALUE")]
+    assert len(re.findall(r"(?<!\w)vq_f16\b", groups)) == 1 and groups.count("tensorboard") == 1  # not again below
+    assert "adds TensorBoard logs in <out>/tb/" in groups
+    out = ANSI.sub("", ldmkit_inprocess(["sample", "--help"])[1])
+    keys = out[out.index("Default options' keys"):]
+    for key, default in (("sampler.steps", "50"), ("sampler.eta", "0.0"), ("sampler.discretize", "uniform")):
+        assert re.search(rf"{re.escape(key)}\s+{default}\s", keys), key
+    assert re.search(r"sampler\.karras\s+\(sampler=dpmpp_2m \| euler \| euler_a \| heun\)", keys)
+    assert "sampler.steps" in _out("configs", "sample") and "--prompt" in out and "--steps" in out
+    top = " ".join(ANSI.sub("", ldmkit_inprocess(["--help"])[1]).split())
+    assert re.search(r"import-compvis\W+Import any released CompVis model, a first stage or a whole\W+LDM", top)

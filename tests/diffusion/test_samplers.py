@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ldmkit.diffusion.k_samplers import model_sigmas, t_to_sigma
 from ldmkit.diffusion.samplers import get_sampler
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
@@ -13,9 +14,16 @@ SCHED = NoiseSchedule("linear", 1000, 0.0015, 0.0195)
 MU, SD = 0.5, 0.3
 
 
+def alpha_bar(t):
+    """ā at timesteps t: the schedule's, or at a fractional t 1/(1+σ(t)²) with σ interpolated in log σ."""
+    if t.is_floating_point():
+        return 1 / (1 + t_to_sigma(t, model_sigmas(SCHED)) ** 2)
+    return SCHED.alphas_cumprod[t]
+
+
 def gaussian_eps(x, t):
     """E[ε | x_t] when x0 ~ N(MU, SD²): √(1−ā)(x_t − √ā MU) / (ā SD² + 1 − ā)."""
-    a = SCHED.alphas_cumprod[t].view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    a = alpha_bar(t).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
     return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * SD**2 + 1 - a)
 
 
@@ -31,7 +39,7 @@ CASES = [
     ("euler_a", dict(steps=500), 0.02),
     ("heun", dict(steps=20), 0.015),
     ("dpmpp_2m", dict(steps=20), 0.01),
-    ("dpmpp_2m", dict(steps=100, karras=False), 0.02),  # σ between trained steps, ε at the nearest one
+    ("dpmpp_2m", dict(steps=100, karras=False), 0.02),  # σ between trained steps, ε at the fractional t
 ]
 
 
@@ -143,3 +151,47 @@ def test_per_sample_generators_make_noise_independent_of_the_batch():
     torch.testing.assert_close(randn_like(x, gens([1, 2, 3]))[2], randn_like(x[:1], gens([3]))[0])
     with pytest.raises(ValueError, match="2 generators for a batch of 3"):
         randn_like(x, gens([1, 2]))
+
+
+# --- img2img (SDEdit): the same truncation for every sampler ---------------------------------------------------
+
+# (sampler, first timestep run at strength 0.5 of 10 steps, model calls): the discrete ones start at the highest of
+# their 5 lowest timesteps; euler / euler_a at t(σ) of the 6th of 10 σs evenly spaced in t; heun / dpmpp_2m at
+# the 6th Karras σ (a fractional t)
+IMG2IMG = [("ddpm", 444, 5), ("ddim", 401, 5), ("plms", 401, 6), ("euler", 444.0, 5), ("euler_a", 444.0, 5),
+           ("heun", 537.3317, 9), ("dpmpp_2m", 537.3317, 5)]
+
+
+@pytest.mark.parametrize("name,first_t,calls", IMG2IMG, ids=[c[0] for c in IMG2IMG])
+def test_img2img_runs_the_last_steps_from_the_noised_init(name, first_t, calls):
+    init = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    seen = []
+
+    def model(x, t):
+        seen.append((t[0].item(), x.clone()))
+        return gaussian_eps(x, t)
+
+    def run(**kw):
+        generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+        return get_sampler(name)(model, noise, SCHED, steps=10, generator=generators, **kw)
+
+    plain = run()
+    assert torch.equal(run(init=init, strength=1.0), plain)  # the same noise draws, bit for bit
+    assert torch.equal(run(init=init, strength=0.0), init)  # no step
+    seen.clear()
+    run(init=init, strength=0.5)
+    t, x = seen[0]
+    assert len(seen) == calls and t == pytest.approx(first_t, abs=1e-4)
+    a = alpha_bar(torch.tensor([t])).float()  # the model sees z0 noised with the start noise to that t
+    torch.testing.assert_close(x, a.sqrt() * init + (1 - a).sqrt() * noise)
+
+
+def test_img2img_strength_is_checked_and_counts_steps_as_compvis():
+    from ldmkit.diffusion.samplers import kept_steps
+
+    assert [kept_steps(50, 0.6), kept_steps(100, 0.29), kept_steps(10, 0.55), kept_steps(7, 1)] == [30, 29, 5, 7]
+    for bad in (1.5, -0.1, float("nan"), True, "a"):
+        with pytest.raises(UserError, match="strength=.*: must be a number in \\[0, 1\\]"):
+            get_sampler("ddim")(gaussian_eps, torch.zeros(1, 1, 1, 1), SCHED, steps=10,
+                                init=torch.zeros(1, 1, 1, 1), strength=bad)

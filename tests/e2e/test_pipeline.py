@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -165,3 +166,32 @@ def test_sampling_is_seeded(runs, tmp_path):
     assert read("a") == read("b") and read("a") != read("c") and read("a") == read("e")
     bad = run_cli("sample", f"ckpt={runs}/ldm_cls", "prompt=a red circle", f"out={tmp_path}/d", check=False)
     assert bad.returncode == 2 and "(ClassConditioner) takes label=; drop prompt=" in bad.stderr
+
+
+def test_a_moved_model_dir_needs_no_training_data(runs, tmp_path, inception_weights):
+    """sample and eval-fid draw a moved LDM's conditions from its own dir, with its training latents gone."""
+    from conftest import ldmkit_inprocess
+
+    from ldmkit import modeldir
+    from ldmkit.data.shapes import ShapesDataset
+
+    text_dir, class_dir = tmp_path / "moved" / "ldm", tmp_path / "moved" / "ldm_cls"
+    shutil.copytree(runs / "ldm", text_dir)
+    shutil.copytree(runs / "ldm_cls", class_dir)
+    (runs / "lat").rename(runs / "lat_away")
+    try:
+        code, out = ldmkit_inprocess(["sample", f"ckpt={text_dir}", "n=3", "sampler.steps=2", f"out={tmp_path}/s"])
+        assert code == 0, out
+        code, out = ldmkit_inprocess(["eval-fid", f"ckpt={class_dir}", "--samples", "6", "sampler.steps=2",
+                                      f"reference={runs}/s", f"inception_weights={inception_weights}",
+                                      f"out={tmp_path}/e"])
+        assert code == 0, out
+    finally:
+        (runs / "lat_away").rename(runs / "lat")
+    val = ShapesDataset(size=256, split="val")
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert prompts == [val[i]["caption"] for i in range(3)]  # the validation captions kept at training
+    labels = modeldir.load_values(class_dir / modeldir.CONDITIONS)
+    assert labels.tolist() == [val[i]["class_label"] for i in range(256)]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["samples"] == 6 and metrics["reference"] == 5 and math.isfinite(metrics["fid"])

@@ -9,7 +9,7 @@ from ldmkit.errors import UserError
 from ldmkit.models.autoencoder import AutoencoderKL, DiagonalGaussian
 from ldmkit.models.discriminator import NLayerDiscriminator
 from ldmkit.models.losses import AutoencoderLoss, adaptive_weight, hinge_d_loss, vanilla_d_loss
-from ldmkit.models.perceptual import LPIPS, find_vgg_weights
+from ldmkit.models.perceptual import LPIPS, find_vgg_weights, lpips_skip_reason
 from ldmkit.training.autoencoder_module import AutoencoderModule
 
 
@@ -64,7 +64,7 @@ def _fit(disc_start: int, steps: int) -> tuple[AutoencoderModule, dict]:
     disc = NLayerDiscriminator(ndf=8, n_layers=2)
     start = {k: v.clone() for k, v in disc.state_dict().items()}
     module = AutoencoderModule(ae, AutoencoderLoss(discriminator=disc, disc_start=disc_start), lr=1e-3)
-    trainer = pl.Trainer(max_steps=2 * steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, DataLoader(_Images(), batch_size=4))
     return module, start
@@ -72,7 +72,7 @@ def _fit(disc_start: int, steps: int) -> tuple[AutoencoderModule, dict]:
 
 def test_discriminator_inactive_before_disc_start_then_trained():
     module, start = _fit(disc_start=3, steps=3)
-    assert module.ae_step == 3 and module.global_step == 6  # two optimiser steps per training step
+    assert module.global_step == 3  # training steps: the discriminator's updates are not counted
     assert all(torch.equal(v, module.loss.discriminator.state_dict()[k]) for k, v in start.items())
     module, start = _fit(disc_start=1, steps=3)
     weight = module.loss.discriminator.main[0].weight
@@ -111,6 +111,20 @@ def test_lpips_missing_weights_is_one_clear_line(tmp_path, monkeypatch):
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(UserError, match="not a VGG16 state dict"):
         LPIPS(weights=str(tmp_path / "bad.pth"))
+
+
+def test_only_the_default_lpips_is_skipped_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    reason = lpips_skip_reason(None)
+    assert f"no vgg16-397923af.pth in {tmp_path / 'checkpoints'}" in reason and "\n" not in reason
+    with pytest.raises(UserError, match=r"vgg16-397923af\.pth"):
+        lpips_skip_reason(None, required=True)  # loss.perceptual.required=true
+    with pytest.raises(UserError, match="do not exist"):
+        lpips_skip_reason(str(tmp_path / "nope.pth"))  # weights asked for by path
+    assert lpips_skip_reason("random") is None
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({}, tmp_path / "checkpoints" / "vgg16-397923af.pth")
+    assert lpips_skip_reason(None) is None
 
 
 def test_lpips_term_enters_the_reconstruction_loss():

@@ -173,13 +173,14 @@ def test_sample_layout_and_semantic_text(models, tmp_path):
 
     semantic = ShapesDataset(size=1, resolution=32)[0]["semantic"].numpy().astype(np.uint8)
     save_png(semantic, tmp_path / "map.png")
-    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    # free text, verbatim: a file from a Windows editor (BOM, CRLF), commas, '=' and quotes on the command line
+    (tmp_path / "prompts.txt").write_text("\ufeffa red circle, left of 'it'\r\na blue square\n", encoding="utf-8")
     run_cli("sample", f"ckpt={models}/semantic_text", f"semantic={tmp_path}/map.png",
-            f"prompts_file={tmp_path}/prompts.txt", "negative_prompt=a green triangle", "n=1", "H=48", "W=64",
-            "sampler=dpmpp_2m", "sampler.steps=4", f"out={tmp_path}/sem")
+            f"prompts_file={tmp_path}/prompts.txt", "negative_prompt=a green triangle, size=small", "n=1", "H=48",
+            "W=64", "sampler=dpmpp_2m", "sampler.steps=4", f"out={tmp_path}/sem")
     rows = _jsonl(tmp_path / "sem")
-    assert [r["prompt"] for r in rows] == ["a red circle", "a blue square"]
-    assert rows[0]["negative_prompt"] == "a green triangle" and rows[0]["sampler"] == "dpmpp_2m"
+    assert [r["prompt"] for r in rows] == ["a red circle, left of 'it'", "a blue square"]
+    assert rows[0]["negative_prompt"] == "a green triangle, size=small" and rows[0]["sampler"] == "dpmpp_2m"
     assert _size(tmp_path / "sem" / "000000.png") == (64, 48)  # PIL: (width, height)
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.models.autoencoder import AutoencoderKL, DiagonalGaussian
@@ -11,7 +10,7 @@ from ldmkit.models.first_stage import FirstStage
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.models.losses import AutoencoderLoss, psnr
 from ldmkit.models.unet import UNetModel
-from ldmkit.training.ldm_module import LDMModule, ema_multi_avg_fn
+from ldmkit.training.ldm_module import LDMModule, compvis_ema
 
 
 def tiny_ldm(cond: Conditioner | None = None) -> LatentDiffusion:
@@ -25,17 +24,26 @@ def tiny_ldm(cond: Conditioner | None = None) -> LatentDiffusion:
                            latent_shape=(3, 8, 8))
 
 
-def test_ema_warmup_formula():
+def lit_ema(init: torch.Tensor, updates: list[torch.Tensor], decay: float) -> torch.Tensor:
+    """CompVis' LitEma by hand: shadow = init; update k: d = min(decay, (1+k)/(10+k)); shadow -= (1-d)(shadow - w)."""
+    shadow = init.clone()
+    for k, w in enumerate(updates, start=1):
+        d = min(decay, (1 + k) / (10 + k))
+        shadow -= (1 - d) * (shadow - w)
+    return shadow
+
+
+def test_ema_warmup_matches_compvis_lit_ema():
     net = torch.nn.Linear(2, 1, bias=False)
     net.weight.data[:] = 1.0
-    ema = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(0.999), use_buffers=True)
-    ema.update_parameters(net)  # first call copies
-    net.weight.data[:] = 0.0
-    ema.update_parameters(net)  # n=1: d = min(0.999, 2/11)
-    torch.testing.assert_close(ema.module.weight.data, torch.full((1, 2), 2 / 11))
-    net.weight.data[:] = 1.0
-    ema.update_parameters(net)  # n=2: d = 3/12
-    torch.testing.assert_close(ema.module.weight.data, torch.full((1, 2), 0.25 * 2 / 11 + 0.75))
+    ema = compvis_ema(net, 0.999)  # starts from the weights at construction, as LitEma
+    weights = [torch.full((1, 2), v) for v in (0.0, 1.0, 3.0, -2.0)]
+    for w in weights:
+        net.weight.data[:] = w
+        ema.update_parameters(net)
+    expected = lit_ema(torch.ones(1, 2), weights, 0.999)
+    torch.testing.assert_close(ema.module.weight.data, expected)
+    assert abs(float(lit_ema(torch.ones(1, 2), weights[:1], 0.999)[0, 0]) - 2 / 11) < 1e-7  # LitEma's first step blends
 
 
 def test_latents_from_shards_and_images():

@@ -51,7 +51,7 @@ def _check_plot(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ae_run(tmp_path_factory) -> Path:
-    """A 4-step train-ae (with a discriminator: 2 Lightning steps per training step), grids every 2 steps."""
+    """A 4-step train-ae (with a discriminator, which Lightning's step count leaves out), grids every 2 steps."""
     out = tmp_path_factory.mktemp("pictures") / "ae"
     run_cli("train-ae", *PICTURES, *TB, "images.count=4", "loss.perceptual=null", "report.images=8", "report.grid=2",
             "loader.batch_size=4", f"out={out}")
