@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--lpips", default=None, help="VGG16 state dict for LPIPS (default: LPIPS off)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    from ldmkit.evaluation.fid import find_inception_weights, write_random_inception
+    from common import write_random_inception
+
+    from ldmkit.evaluation.fid import find_inception_weights
 
     out = Path(args.out or tempfile.mkdtemp(prefix="ae_table_"))
     inception, _ = find_inception_weights(None)

@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="eval_memory_"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ldmkit.evaluation.fid import write_random_inception
+    from common import write_random_inception
 
     weights = write_random_inception(out / "inception-random.pth")
     ldmkit("train-ae", "trainer.max_steps=2", "loss.perceptual=null", "loss.discriminator=null", "report.images=8",

@@ -52,7 +52,7 @@ def main() -> None:
     else:
         out = Path(args.out or tempfile.mkdtemp(prefix="f_study_"))
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from ldmkit.evaluation.fid import write_random_inception
+        from common import write_random_inception
 
         weights = write_random_inception(out / "inception-random.pth")
         start = time.perf_counter()

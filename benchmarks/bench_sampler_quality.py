@@ -68,7 +68,7 @@ def reference_images(ldm_dir: Path, n: int) -> torch.Tensor:
     """The first ``n`` validation images of the model's source dataset as uint8."""
     from hydra.utils import instantiate
 
-    from ldmkit.tasks.common import to_uint8
+    from ldmkit.images import to_uint8
     from ldmkit.tasks.generation import source_dataset_cfg
 
     dataset = instantiate(source_dataset_cfg(ldm_dir), split="val", size=n)
@@ -77,7 +77,9 @@ def reference_images(ldm_dir: Path, n: int) -> torch.Tensor:
 
 def inception_weights(out: Path) -> tuple[Path, bool]:
     """The real Inception weights if present, else a random-init stand-in written once; (path, is_random)."""
-    from ldmkit.evaluation.fid import find_inception_weights, write_random_inception
+    from common import write_random_inception
+
+    from ldmkit.evaluation.fid import find_inception_weights
 
     weights, _ = find_inception_weights(None)
     if weights is not None:
@@ -92,7 +94,7 @@ def measure(ldm: Any, name: str, steps: int, values: Any, args: argparse.Namespa
     from ldmkit.diffusion.samplers import get_sampler
     from ldmkit.evaluation.cond_accuracy import images_accuracy
     from ldmkit.evaluation.fid import fid_kid
-    from ldmkit.tasks.common import to_uint8
+    from ldmkit.images import to_uint8
     from ldmkit.tasks.generation import generate
 
     sampler = CountingSampler(partial(get_sampler(name), steps=steps))

@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' offline weight stand-ins
+from stand_ins import write_random_inception  # noqa: E402, F401 - re-exported for the benchmark scripts
+
 
 def ldmkit(*args: str) -> float:
     """Run ``ldmkit ARGS`` (the console script of this interpreter); return its wall time in seconds."""

@@ -38,9 +38,9 @@ class ConfigCommand(TyperCommand):
         if core.HAS_RICH and self.rich_markup_mode is not None:  # Typer printed its panels: ours go below
             _print_config_panels(self.config)
         else:
-            from ldmkit import configdoc, configdoc_text
+            from ldmkit import configdoc
 
-            formatter.write("\n" + configdoc_text.catalog_text(configdoc.load_catalog(), self.config))
+            formatter.write("\n" + configdoc.catalog_text(configdoc.load_catalog(), self.config))
 
     def shell_complete(self, ctx: typer.Context, incomplete: str) -> list:
         items = super().shell_complete(ctx, incomplete)
@@ -301,11 +301,11 @@ def configs(
 ) -> None:
     """List the config groups with their options, and every key with its default and description (read from conf/;
     also in docs/config/)."""
-    from ldmkit import configdoc, configdoc_text
+    from ldmkit import configdoc
 
     catalog = configdoc.load_catalog()
     try:
-        text = configdoc_text.catalog_text(catalog, name)
+        text = configdoc.catalog_text(catalog, name)
     except KeyError:
         typer.echo(f"error: no config group, command or config named {name!r}; "
                    f"known: {', '.join(configdoc.known_names(catalog))} (or GROUP/OPTION)", err=True)

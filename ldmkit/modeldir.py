@@ -124,7 +124,7 @@ def load_weights(path: Path) -> dict:
                         "(re-create it or restore the file)")
     try:
         return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError, OSError: a damaged file
+    except Exception as exc:  # safetensors' SafetensorError, OSError: a damaged file
         raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
@@ -154,7 +154,7 @@ def load_values(path: Path) -> Any:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        parts: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        parts: dict[str, Any] = {k: f.get_tensor(k) for k in f.keys()}  # safe_open has no __iter__
     parts.update(json.loads(meta.get("strings", "{}")))
     if meta.get("root") == "dict":
         return parts

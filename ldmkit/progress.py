@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ldmkit.console import console
 from ldmkit.errors import UserError
 
 MODES = ("rich", "plain", "off")
@@ -99,8 +100,6 @@ def plain_line(description: str, completed: int, total: int | None, unit: str, e
 
 def default_console() -> Console:
     """ldmkit's stderr console (every command reports progress there)."""
-    from ldmkit.tasks.common import console
-
     return console
 
 

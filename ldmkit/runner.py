@@ -45,7 +45,7 @@ def _task_main(task: str, state: dict):
         try:
             module = importlib.import_module(f"ldmkit.tasks.{task}")
             module.run(cfg)
-        except Exception as exc:  # noqa: BLE001 - only UserError is reported tersely
+        except Exception as exc:  # only UserError is reported tersely
             from hydra.errors import InstantiationException
             from omegaconf.errors import MissingMandatoryValue
 
@@ -87,7 +87,7 @@ def set_env(name: str, value: str | None) -> None:
 
 def pin_job_argv(argv0: str, command: str) -> None:
     """Make ``sys.argv`` re-run exactly this job in its own output dir: Lightning's DDP launcher starts the
-    other ranks from ``sys.argv`` and ``hydra.run.dir`` (STACK_NOTES), also for a job of a multirun."""
+    other ranks from ``sys.argv`` and ``hydra.run.dir``, also for a job of a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
@@ -146,7 +146,7 @@ def run_task(task: str, command: str, args: list[str]) -> int:
     try:
         main()
         code = 0
-    except Exception as exc:  # noqa: BLE001 - Hydra's argument / config errors before any job ran, or a crash
+    except Exception as exc:  # Hydra's argument / config errors before any job ran, or a crash
         if state["started"] and not isinstance(exc, UserError):  # (a UserError of a Hydra callback is bad input)
             _print_crash(exc, state["debug"])
         else:

@@ -55,6 +55,6 @@ def torch_load(path: Path, mmap: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise refusal(path, str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on a corrupt file
+    except Exception as exc:  # torch raises many types on a corrupt file
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({first})") from None

@@ -45,7 +45,7 @@ def ldmkit_inprocess(args: list[str]) -> tuple[int, str]:
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory) -> Path:
     """torch-fidelity's Inception-v3 with random (kaiming) weights saved as a plain state dict."""
-    from ldmkit.evaluation.fid import write_random_inception
+    from stand_ins import write_random_inception
 
     return write_random_inception(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 

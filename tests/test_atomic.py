@@ -215,7 +215,7 @@ def test_failed_save_keeps_the_previous_model_dir(tmp_path):
 def test_copy_and_images_leave_no_temporaries(tmp_path):
     from PIL import Image
 
-    from ldmkit.tasks.common import save_grid
+    from ldmkit.images import save_grid
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     meta = modeldir.save(src, {"a": 1}, {"model": {"w": torch.ones(4)}, "ema": {"w": torch.ones(4)}}, {"kind": "x"})

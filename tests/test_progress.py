@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -214,7 +215,9 @@ def test_f_study_steps_are_one_line_each_with_the_overall_count(monkeypatch, tmp
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(f_study.subprocess, "run", fake_run)
-    (tmp_path / "train-ae").write_text("{}")  # done earlier
+    (tmp_path / "train-ae").write_text("{}")  # done earlier, with the same arguments
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "train-ae.args.json").write_text(json.dumps({"command": "train-ae", "args": [], "after": ""}))
     with tracker:
         progress = f_study.StudyProgress(tracker, tracker.add("f=4", 3, unit="step", interval=float("inf")), 4)
         for name in ("train-ae", "encode-dataset", "train-ldm"):
@@ -251,7 +254,7 @@ def test_encode_dataset_prints_plain_sample_counts(tiny_ae, tmp_path, every_upda
 
 def test_eval_fid_reports_its_image_loops(tmp_path, every_update):
     from ldmkit.data.shapes import ShapesDataset
-    from ldmkit.tasks.common import to_uint8
+    from ldmkit.images import to_uint8
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -107,7 +107,7 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
     follows each batch of ``n`` samples written."""
     import webdataset as wds
 
-    from ldmkit.tasks.common import device
+    from ldmkit.devices import device
 
     dev = device()
     stage, cond = load_models(ae_dir, cond_cfg, dev)

@@ -12,15 +12,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.samplers import Callback, Denoiser, Generators, kept_steps, randn_like
-from ldmkit.diffusion.schedule import NoiseSchedule
-from ldmkit.errors import UserError
+from ldmkit.diffusion.samplers import (
+    Callback,
+    EpsModel,
+    Generators,
+    any_steps,
+    check_steps,
+    kept_steps,
+    randn_like,
+    step_info,
+    steps_rule,
+)
+from ldmkit.diffusion.schedule import NoiseSchedule, sigma_of
 
 
 def model_sigmas(schedule: NoiseSchedule) -> Tensor:
     """σ of every trained timestep, ascending (float64)."""
-    a = schedule.alphas_cumprod.double()
-    return ((1 - a) / a).sqrt()
+    return sigma_of(schedule.alphas_cumprod.double())
 
 
 def sigma_to_t(sigma: Tensor, sigmas: Tensor, quantize: bool = False) -> Tensor:
@@ -47,8 +55,7 @@ def t_to_sigma(t: Tensor, sigmas: Tensor) -> Tensor:
 
 def get_sigmas(schedule: NoiseSchedule, steps: int, karras: bool = False, rho: float = 7.0) -> Tensor:
     """``steps`` σs from σ_max down (uniform in timestep, or Karras et al. Eq. 5 with ρ), then a final 0."""
-    if steps < 1:
-        raise UserError(f"sampler.steps must be >= 1, got {steps}")
+    check_steps(steps)
     sig = model_sigmas(schedule)
     if karras:
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -62,17 +69,21 @@ def get_sigmas(schedule: NoiseSchedule, steps: int, karras: bool = False, rho: f
     return torch.cat([out, out.new_zeros(1)])
 
 
-class Denoised:
+class Denoiser:
     """D(x, σ): the x0 estimate of an ε-model at σ, in σ-space."""
 
-    def __init__(self, model: Denoiser, schedule: NoiseSchedule, extra_args: dict | None,
+    def __init__(self, model: EpsModel, schedule: NoiseSchedule, extra_args: dict | None,
                  quantize: bool = False) -> None:
         self.model, self.extra_args, self.quantize = model, extra_args or {}, quantize
         self.sigmas = model_sigmas(schedule)
 
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """The (1,) timestep the model is called at for σ (fractional, or the nearest trained one: ``quantize``)."""
+        return sigma_to_t(sigma, self.sigmas, self.quantize)
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x − σ·ε(x / √(1+σ²), t(σ))."""
-        t = sigma_to_t(sigma, self.sigmas, self.quantize).expand(x.shape[0])
+        t = self.timestep(sigma).expand(x.shape[0])
         c_in = (1 / (sigma**2 + 1).sqrt()).to(x.dtype)
         return x - sigma.to(x.dtype) * self.model(x * c_in, t, **self.extra_args)
 
@@ -89,37 +100,40 @@ def _prepare(x: Tensor, schedule: NoiseSchedule, steps: int, karras: bool, init:
     return sigmas, init.to(x.dtype) + x * sigmas[0].to(x.dtype)
 
 
-def _report(callback: Callback | None, x: Tensor, i: int, sigma: Tensor, denoised: Tensor, total: int) -> None:
-    """Call the progress callback with the step's state."""
+def _report(callback: Callback | None, denoise: Denoiser, i: int, total: int, x: Tensor, sigma: Tensor,
+            denoised: Tensor) -> None:
+    """Tell the callback (if any) that step ``i`` of ``total``, at ``sigma``, is done."""
     if callback is not None:
-        callback({"x": x, "i": i, "sigma": float(sigma), "denoised": denoised, "total": total})
+        callback(step_info(i, total, x, denoised, denoise.timestep(sigma), sigma))
 
 
+@steps_rule(any_steps)
 @torch.no_grad()
 def sample_euler(
-    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    model: EpsModel, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False,
     generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
-    denoise = Denoised(model, schedule, extra_args, quantize)
+    denoise = Denoiser(model, schedule, extra_args, quantize)
     sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
     steps = len(sigmas) - 1
     for i in range(steps):
         d0 = denoise(x, sigmas[i])
         x = x + (x - d0) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-        _report(callback, x, i, sigmas[i], d0, steps)
+        _report(callback, denoise, i, steps, x, sigmas[i], d0)
     return x
 
 
+@steps_rule(any_steps)
 @torch.no_grad()
 def sample_euler_ancestral(
-    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    model: EpsModel, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = False, eta: float = 1.0,
     generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Euler ancestral (k-diffusion ``sample_euler_ancestral``): Euler to σ_down, then fresh noise σ_up."""
-    denoise = Denoised(model, schedule, extra_args, quantize)
+    denoise = Denoiser(model, schedule, extra_args, quantize)
     sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
     steps = len(sigmas) - 1
     for i in range(steps):
@@ -130,18 +144,19 @@ def sample_euler_ancestral(
         x = x + (x - d0) / s * (down - s)
         if s_next > 0:
             x = x + randn_like(x, generator) * up.to(x.dtype)
-        _report(callback, x, i, s, d0, steps)
+        _report(callback, denoise, i, steps, x, s, d0)
     return x
 
 
+@steps_rule(any_steps)
 @torch.no_grad()
 def sample_heun(
-    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    model: EpsModel, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 50, karras: bool = True,
     generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1, deterministic); 2·steps − 1 model calls."""
-    denoise = Denoised(model, schedule, extra_args, quantize)
+    denoise = Denoiser(model, schedule, extra_args, quantize)
     sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
     steps = len(sigmas) - 1
     for i in range(steps):
@@ -154,18 +169,19 @@ def sample_heun(
             x_next = x + d * dt
             d_next = (x_next - denoise(x_next, sigmas[i + 1])) / sigmas[i + 1]
             x = x + (d + d_next) / 2 * dt
-        _report(callback, x, i, sigmas[i], d0, steps)
+        _report(callback, denoise, i, steps, x, sigmas[i], d0)
     return x
 
 
+@steps_rule(any_steps)
 @torch.no_grad()
 def sample_dpmpp_2m(
-    model: Denoiser, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
+    model: EpsModel, x: Tensor, schedule: NoiseSchedule, extra_args: dict | None = None,
     callback: Callback | None = None, steps: int = 20, karras: bool = True,
     generator: Generators = None, quantize: bool = False, init: Tensor | None = None, strength: float = 1.0,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in σ-space, as k-diffusion ``sample_dpmpp_2m``."""
-    denoise = Denoised(model, schedule, extra_args, quantize)
+    denoise = Denoiser(model, schedule, extra_args, quantize)
     sigmas, x = _prepare(x, schedule, steps, karras, init, strength)
     steps = len(sigmas) - 1
     old = None
@@ -181,5 +197,5 @@ def sample_dpmpp_2m(
             d = (1 + 1 / (2 * r)).to(x.dtype) * d0 - (1 / (2 * r)).to(x.dtype) * old
             x = ratio * x - torch.expm1(-h).to(x.dtype) * d
         old = d0
-        _report(callback, x, i, sigmas[i], d0, steps)
+        _report(callback, denoise, i, steps, x, sigmas[i], d0)
     return x

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.diffusion.schedule import NoiseSchedule, x0_from_eps
+from ldmkit.errors import UserError
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -28,9 +29,9 @@ def _coefficients(schedule: NoiseSchedule, t: Tensor, ndim: int) -> tuple[Tensor
 
 
 def check_prediction(prediction: str) -> str:
-    """The prediction name, or ValueError listing the valid ones."""
+    """The prediction name, else a one-line error listing the valid ones."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise UserError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     return prediction
 
 
@@ -60,7 +61,7 @@ def to_x0(prediction: str, schedule: NoiseSchedule, output: Tensor, x_t: Tensor,
         return output
     a, s = _coefficients(schedule, t, x_t.ndim)
     if prediction == "eps":
-        return (x_t - s * output) / a
+        return x0_from_eps(x_t, output, a, s)
     return a * x_t - s * output
 
 

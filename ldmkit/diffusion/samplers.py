@@ -1,10 +1,11 @@
 """Samplers with one k-diffusion-style signature: ``sample_x(model, x, schedule, extra_args, callback, ...)``.
 
-``model(x, t, **extra_args)`` returns the predicted noise ε for a batch of timesteps ``t`` (long here; the
-σ-space samplers pass fractional ones; ``LatentDiffusion.eps`` converts v / x0 predictions, so every sampler serves
-every objective); ``x`` is the starting noise N(0, I); the result is the final latent. This module holds the
-discrete-time samplers (DDPM, DDIM, PLMS); ``k_samplers`` the σ-space ones (Euler, Euler ancestral, Heun,
-DPM-Solver++ 2M).
+``model(x, t, **extra_args)`` (an ``EpsModel``) returns the predicted noise ε for a batch of timesteps ``t`` (long
+here; the σ-space samplers pass fractional ones; ``LatentDiffusion.eps`` converts v / x0 predictions, so every
+sampler serves every objective); ``x`` is the starting noise N(0, I); the result is the final latent. After each
+step ``callback`` gets the same ``step_info`` from every sampler. This module holds the discrete-time samplers (DDPM,
+DDIM, PLMS); ``k_samplers`` the σ-space ones (Euler, Euler ancestral, Heun, DPM-Solver++ 2M). Each declares its
+rule for ``steps`` (``steps_rule``), which ``check_sampler`` applies before sampling starts.
 
 img2img / SDEdit (Meng et al. 2022), the same for every sampler: with ``init`` (a clean latent z0) and
 ``strength`` s in [0, 1] a sampler runs only the last ``int(s·steps)`` of its steps (as CompVis' img2img and
@@ -17,18 +18,19 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ldmkit.diffusion.schedule import NoiseSchedule
-from ldmkit.errors import UserError
+from ldmkit.diffusion.schedule import NoiseSchedule, sigma_of, x0_from_eps
+from ldmkit.errors import UserError, check_whole
 
-Denoiser = Callable[..., Tensor]
+EpsModel = Callable[..., Tensor]  # model(x, t, **extra_args) -> the predicted noise ε (what every sampler calls)
 Callback = Callable[[dict], None]
-
+StepsRule = Callable[[int, int, dict], object]  # (steps, T, options): a one-line UserError for a count it cannot run
+Sampler = TypeVar("Sampler", bound=Callable[..., Tensor])
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -44,6 +46,37 @@ def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
         return torch.stack([randn_like(x[i], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def check_steps(steps: int, maximum: int | None = None) -> int:
+    """``steps`` if at least 1 (and at most ``maximum``), else a one-line error."""
+    if maximum is not None and not 1 <= steps <= maximum:
+        raise UserError(f"sampler.steps must be in 1..{maximum}, got {steps}")
+    if steps < 1:
+        raise UserError(f"sampler.steps must be >= 1, got {steps}")
+    return steps
+
+
+def steps_rule(rule: StepsRule) -> Callable[[Sampler], Sampler]:
+    """Decorator: declare a sampler's rule for ``steps`` (given T and its options), which ``check_sampler`` applies."""
+
+    def declare(sampler: Sampler) -> Sampler:
+        """The sampler, marked with its rule."""
+        sampler.steps_rule = rule  # type: ignore[attr-defined]
+        return sampler
+
+    return declare
+
+
+def any_steps(steps: int, num_timesteps: int, options: dict) -> None:
+    """Any count from 1 (samplers not bound to the trained timesteps, e.g. in σ-space)."""
+    check_steps(steps)
+
+
+def step_info(i: int, total: int, x: Tensor, denoised: Tensor, t: Tensor, sigma: Tensor) -> dict:
+    """What every sampler tells its callback after step ``i`` of ``total``: the latent ``x``, the x0 estimate
+    ``denoised`` and where the step was, as the timestep ``t`` (int, or float between trained ones) and its σ."""
+    return {"i": i, "total": total, "x": x, "denoised": denoised, "t": t.item(), "sigma": float(sigma)}
 
 
 DEFAULT_STRENGTH = 0.75  # img2img strength when none is given (CompVis' scripts/img2img.py)
@@ -78,8 +111,7 @@ def img2img_start(ts: Tensor, x: Tensor, schedule: NoiseSchedule, init: Tensor |
 
 def ddim_timesteps(num_timesteps: int, steps: int, discretize: str = "uniform") -> Tensor:
     """The DDIM sub-sequence, ascending, exactly as CompVis ``make_ddim_timesteps`` (note the +1 shift)."""
-    if not 1 <= steps <= num_timesteps:
-        raise UserError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
+    check_steps(steps, num_timesteps)
     if discretize == "uniform":
         ts = torch.arange(0, num_timesteps, num_timesteps // steps)
     elif discretize == "quad":
@@ -102,14 +134,31 @@ def _ddim_alphas(schedule: NoiseSchedule, ts: Tensor) -> tuple[Tensor, Tensor]:
 
 def _ddim_step(x: Tensor, eps: Tensor, a: Tensor, a_prev: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """One deterministic DDIM update x_t -> x_prev (noise added by the caller) and the x0 estimate."""
-    x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+    x0 = x0_from_eps(x, eps, a.sqrt().to(x.dtype), (1 - a).sqrt().to(x.dtype))
     direction = (1 - a_prev - sigma**2).sqrt().to(x.dtype) * eps
     return a_prev.sqrt().to(x.dtype) * x0 + direction, x0
 
 
+def _subsequence_steps(steps: int, num_timesteps: int, options: dict) -> None:
+    """DDIM / PLMS: the CompVis sub-sequence of ``steps`` timesteps must exist."""
+    ddim_timesteps(num_timesteps, steps, options.get("discretize", "uniform"))
+
+
+def _respaced_steps(steps: int, num_timesteps: int, options: dict) -> None:
+    """DDPM: 1..T of the trained timesteps."""
+    check_steps(steps, num_timesteps)
+
+
+def _report(callback: Callback | None, ts: Tensor, i: int, a: Tensor, x: Tensor, x0: Tensor) -> None:
+    """Tell the callback (if any) that the step at ``ts[i]`` (ā = ``a``) is done (steps count up as ``i`` goes down)."""
+    if callback is not None:
+        callback(step_info(len(ts) - 1 - i, len(ts), x, x0, ts[i], sigma_of(a)))
+
+
+@steps_rule(_subsequence_steps)
 @torch.no_grad()
 def sample_ddim(
-    model: Denoiser,
+    model: EpsModel,
     x: Tensor,
     schedule: NoiseSchedule,
     extra_args: dict | None = None,
@@ -134,14 +183,14 @@ def sample_ddim(
         x, x0 = _ddim_step(x, eps, a, a_prev, sigma)
         if eta > 0:
             x = x + sigma.to(x.dtype) * randn_like(x, generator)
-        if callback is not None:
-            callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
+        _report(callback, ts, i, a, x, x0)
     return x
 
 
+@steps_rule(_subsequence_steps)
 @torch.no_grad()
 def sample_plms(
-    model: Denoiser,
+    model: EpsModel,
     x: Tensor,
     schedule: NoiseSchedule,
     extra_args: dict | None = None,
@@ -174,14 +223,14 @@ def sample_plms(
             eps_prime = (55 * eps - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
         x, x0 = _ddim_step(x, eps_prime, alphas[i], alphas_prev[i], zero)
         old = [*old, eps][-3:]
-        if callback is not None:
-            callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
+        _report(callback, ts, i, alphas[i], x, x0)
     return x
 
 
+@steps_rule(_respaced_steps)
 @torch.no_grad()
 def sample_ddpm(
-    model: Denoiser,
+    model: EpsModel,
     x: Tensor,
     schedule: NoiseSchedule,
     extra_args: dict | None = None,
@@ -194,8 +243,7 @@ def sample_ddpm(
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with posterior variance β̃, respaced to ``steps``."""
     extra_args = extra_args or {}
     T = schedule.num_timesteps
-    if not 1 <= steps <= T:
-        raise UserError(f"sampler.steps must be in 1..{T}, got {steps}")
+    check_steps(steps, T)
     ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique().to(x.device)
     ts, x = img2img_start(ts, x, schedule, init, strength)
     a_all = schedule.alphas_cumprod.to(x.device, torch.float64)
@@ -204,12 +252,11 @@ def sample_ddpm(
         a_prev = a_all[ts[i - 1]] if i > 0 else a.new_ones(())
         beta = 1 - a / a_prev  # the respaced beta between the two kept timesteps
         eps = model(x, ts[i].expand(x.shape[0]), **extra_args)
-        x0 = (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+        x0 = x0_from_eps(x, eps, a.sqrt().to(x.dtype), (1 - a).sqrt().to(x.dtype))
         mean = ((a_prev.sqrt() * beta / (1 - a)).to(x.dtype) * x0
                 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a)).to(x.dtype) * x)
         x = mean + ((beta * (1 - a_prev) / (1 - a)).sqrt().to(x.dtype) * randn_like(x, generator) if i > 0 else 0)
-        if callback is not None:
-            callback({"x": x, "i": len(ts) - 1 - i, "t": int(ts[i]), "denoised": x0, "total": len(ts)})
+        _report(callback, ts, i, a, x, x0)
     return x
 
 
@@ -225,30 +272,33 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     return table[name]
 
 
-def _number(options: dict, key: str, whole: bool = False) -> float | int:
-    """A sampler option that must be a (whole) number, else a one-line error naming it."""
-    value = options[key]
-    ok = isinstance(value, int) if whole else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok:
-        raise UserError(f"sampler.{key}={value!r}: must be a {'whole number' if whole else 'number'}")
-    return value
+def _boolean(key: str, value: Any) -> None:
+    """A true/false sampler option, else a one-line error naming it."""
+    if not isinstance(value, bool):
+        raise UserError(f"sampler.{key}={value!r}: must be true or false")
+
+
+def _noise_scale(key: str, value: Any) -> None:
+    """A finite noise scale >= 0 (eta), else a one-line error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"sampler.{key}={value!r}: must be a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"sampler.{key}={value}: must be a finite number >= 0 (0 = deterministic)")
+
+
+OPTION_RULES: dict[str, Callable[[str, Any], None]] = {"quantize": _boolean, "eta": _noise_scale}  # wherever taken
 
 
 def check_sampler(sampler: Callable[..., Tensor], num_timesteps: int) -> None:
-    """Stop on step counts and options the sampler cannot use (one line), before any sampling starts."""
+    """Stop on step counts and options the sampler cannot use (one line), before any sampling starts: ``steps``
+    by the rule the sampler declares (``steps_rule``; none declared: at least 1), other options by ``OPTION_RULES``."""
     func = getattr(sampler, "func", sampler)
     defaults = {k: p.default for k, p in inspect.signature(func).parameters.items() if p.default is not p.empty}
     options = {**defaults, **getattr(sampler, "keywords", {})}
     if "steps" not in options:
         return
-    steps = _number(options, "steps", whole=True)
-    if func in (sample_ddim, sample_plms):
-        ddim_timesteps(num_timesteps, steps, options.get("discretize", "uniform"))
-    elif func is sample_ddpm and not 1 <= steps <= num_timesteps:
-        raise UserError(f"sampler.steps must be in 1..{num_timesteps}, got {steps}")
-    elif steps < 1:
-        raise UserError(f"sampler.steps must be >= 1, got {steps}")
-    if not isinstance(options.get("quantize", False), bool):
-        raise UserError(f"sampler.quantize={options['quantize']!r}: must be true or false")
-    if "eta" in options and not (math.isfinite(_number(options, "eta")) and options["eta"] >= 0):
-        raise UserError(f"sampler.eta={options['eta']}: must be a finite number >= 0 (0 = deterministic)")
+    check_whole(options["steps"], "sampler.steps")
+    getattr(func, "steps_rule", any_steps)(options["steps"], num_timesteps, options)
+    for key, rule in OPTION_RULES.items():
+        if key in options:
+            rule(key, options[key])

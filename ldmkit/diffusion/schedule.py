@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ldmkit.errors import UserError
+
 SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
 
 
@@ -29,7 +31,17 @@ def make_betas(
         alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
         alphas = alphas / alphas[0]
         return (1 - alphas[1:] / alphas[:-1]).clamp(0, 0.999)
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def sigma_of(alphas_cumprod: Tensor) -> Tensor:
+    """σ = √((1−ā)/ā): the noise level of ā in σ-space (x_t·√(1+σ²) = x0 + σ ε)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def x0_from_eps(x_t: Tensor, eps: Tensor, sqrt_a: Tensor, sqrt_one_minus_a: Tensor) -> Tensor:
+    """x0 = (x_t − √(1−ā) ε) / √ā, the inverse of q_sample (coefficients given in the dtype the caller wants)."""
+    return (x_t - sqrt_one_minus_a * eps) / sqrt_a
 
 
 def _extract(values: Tensor, t: Tensor, ndim: int) -> Tensor:
@@ -60,7 +72,7 @@ class NoiseSchedule(nn.Module):
             "sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float(), persistent=False
         )
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+    def _apply(self, fn, recurse: bool = True):  # nn.Module's signature
         """Moves follow ``.to(device)``, but the schedule keeps its float32 values whatever the module dtype
         (bf16/fp16 would turn ā_T into 0 or √ā_0 into √ā_1)."""
         kept = dict(self._buffers)
@@ -80,4 +92,4 @@ class NoiseSchedule(nn.Module):
     def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_0 from x_t and the predicted noise."""
         a = _extract(self.alphas_cumprod, t, x_t.ndim)
-        return ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).to(x_t.dtype)
+        return x0_from_eps(x_t, eps, a.sqrt(), (1 - a).sqrt()).to(x_t.dtype)

@@ -139,7 +139,7 @@ def load_cached(path: Path) -> dict[str, Tensor] | None:
 
     try:
         return load_file(str(path))
-    except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt, never trusted
+    except Exception:  # a broken cache entry is rebuilt, never trusted
         return None
 
 

@@ -1,5 +1,4 @@
-"""torch-fidelity glue: Inception weights from a local file only (or a random stand-in for tests), FID / KID of
-image sets in memory."""
+"""torch-fidelity glue: Inception weights from a local file only, FID / KID of image sets in memory."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ldmkit.atomic import atomic_path
 from ldmkit.errors import UserError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -30,35 +28,11 @@ def find_inception_weights(path: str | None, option: str = "inception_weights") 
     return None, f"Inception weights not found: put {INCEPTION_FILE} at {p} or pass {option}=PATH"
 
 
-def write_random_inception(path: Path, seed: int = 0) -> Path:
-    """Save torch-fidelity's Inception-v3 with random (kaiming) weights: an offline stand-in for tests and
-    relative comparisons only (its FID ranks models on one table; it is not comparable to published FIDs)."""
-    from unittest import mock
-
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
-            w = torch.empty_like(m.weight)
-            torch.nn.init.kaiming_normal_(w, generator=gen)
-            m.weight.data.copy_(w)
-            if m.bias is not None:
-                m.bias.data.zero_()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(net.state_dict(), tmp)
-    return path
-
-
 def check_weights_file(path: Path) -> None:
     """Refuse a weights file that is not plain tensors (torch-fidelity itself unpickles it fully)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means we must not hand it on
+    except Exception as exc:  # any failure means we must not hand it on
         raise UserError(f"inception_weights={path} is not a plain state dict of tensors ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise UserError(f"inception_weights={path} is not an Inception-v3 state dict (no fc.weight)")

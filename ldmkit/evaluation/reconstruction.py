@@ -53,7 +53,7 @@ def reconstruction_metrics(
 ) -> dict:
     """PSNR / SSIM / L1 between originals and reconstructions, plus rFID and KID when Inception weights exist."""
     from ldmkit.evaluation.fid import fid_kid
-    from ldmkit.tasks.common import to_uint8
+    from ldmkit.images import to_uint8
 
     tally = ReconstructionTally()
     tally.add(images, rec)

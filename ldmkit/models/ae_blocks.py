@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - CompVis name
+def Normalize(in_channels: int) -> nn.GroupNorm:  # CompVis name
     """GroupNorm with 32 groups, eps 1e-6 and affine parameters (the autoencoder's normalisation)."""
     if in_channels % 32:
         raise ValueError(

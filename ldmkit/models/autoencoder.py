@@ -7,11 +7,12 @@ weights load with ``strict=True``. Images are in [-1, 1]; the decoder has no out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ldmkit.models.ae_base import AutoencoderBase
 from ldmkit.models.ae_blocks import (
     AttnBlock,
     Decoder,
@@ -120,64 +121,17 @@ class PointPosterior:
         }
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(AutoencoderBase):
     """CompVis ``AutoencoderKL``: encoder -> quant_conv -> Gaussian posterior; post_quant_conv -> decoder."""
 
-    def __init__(
-        self,
-        *,
-        embed_dim: int,
-        z_channels: int,
-        ch: int = 32,
-        ch_mult: Sequence[int] = (1, 2, 4),
-        num_res_blocks: int = 1,
-        attn_resolutions: Sequence[int] = (),
-        resolution: int = 32,
-        in_channels: int = 3,
-        out_ch: int = 3,
-        dropout: float = 0.0,
-        attn_type: str = "vanilla",
-    ) -> None:
-        super().__init__()
-        ch_mult = tuple(int(m) for m in ch_mult)
-        attn_resolutions = tuple(int(r) for r in attn_resolutions)
-        if not ch_mult:
-            raise ValueError("ch_mult must have at least one level")
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        common = dict(
-            ch=ch,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resolution=resolution,
-            z_channels=z_channels,
-            dropout=dropout,
-            attn_type=attn_type,
-        )
-        self.encoder = Encoder(in_channels=in_channels, double_z=True, **common)
-        self.decoder = Decoder(out_ch=out_ch, **common)
-        self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, kernel_size=1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, kernel_size=1)
-        self.embed_dim, self.z_channels, self._num_levels = embed_dim, z_channels, len(ch_mult)
-
-    @property
-    def downsample_factor(self) -> int:
-        """f: the spatial downsampling factor of the latent, 2**(len(ch_mult) - 1)."""
-        return 2 ** (self._num_levels - 1)
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of the latent (= embed_dim)."""
-        return self.embed_dim
+    def __init__(self, **ddconfig: Any) -> None:
+        """CompVis' ``embed_dim`` and ``ddconfig`` (keyword-only; see ``AutoencoderBase``); the encoder emits
+        mean and log-variance."""
+        super().__init__(double_z=True, **ddconfig)
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """Posterior q(z | x) for images x in [-1, 1] of shape (B, in_channels, H, W)."""
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Images (B, out_ch, h·f, w·f), about [-1, 1], from (unscaled) latents (B, embed_dim, h, w)."""
-        return self.decoder(self.post_quant_conv(z))
 
     def forward(
         self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -186,7 +140,3 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode(x)
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
-
-    def last_layer(self) -> nn.Parameter:
-        """The decoder's final conv weight (for the adaptive GAN weight)."""
-        return self.decoder.conv_out.weight

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ldmkit.diffusion.cond import Cond
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import CaptionConditioner, Cond
+from ldmkit.models.conditioners import CaptionConditioner
 
 __all__ = [
     "BERT_REPO",

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ldmkit.diffusion.cond import Cond
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import CaptionConditioner, Cond, keep_mask
+from ldmkit.models.conditioners import CaptionConditioner, keep_mask
 
 LAYERS = ("last", "penultimate")
 # state-dict prefixes of a whole CLIP (or CustomTextCLIP: "text.") that belong to the text tower we build
@@ -67,7 +69,7 @@ def load_tower_weights(path: Path) -> dict[str, Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure: say which file, in one line
+        except Exception as exc:  # any unpickling failure: say which file, in one line
             raise UserError(f"cond.weights={path}: cannot load it as a weights-only state dict "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -81,12 +83,74 @@ def load_tower_weights(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k.startswith(_TEXT_KEYS)}
 
 
+def weights_file(weights: str | None, name: str) -> Path:
+    """The local weights file, or a one-line UserError saying how to pass it (never a hub download)."""
+    how = f"pass a local .safetensors/.bin/.pt of the {name} CLIP model as cond.weights=PATH"
+    if not weights:
+        raise UserError(f"cond.weights is not set: {how} (nothing is downloaded)")
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise UserError(f"CLIP weights file {path} not found: {how} (hub tags are not downloaded)")
+    return path
+
+
+@dataclass(frozen=True)
+class ClipTextTower:
+    """An OpenCLIP text transformer (random weights until ``load``), its display name, longest context and
+    tokenizer settings: what ``ClipConditioner`` wraps."""
+
+    tower: nn.Module  # open_clip's TextTransformer, without projection
+    name: str
+    max_length: int
+    tokenizer_kwargs: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: dict, name: str) -> ClipTextTower:
+        """The text tower of an open_clip model config (OpenCLIP's own transformer only); reads no file."""
+        from open_clip.model import CLIPTextCfg, _build_text_tower
+
+        text_cfg = dict(cfg["text_cfg"])
+        if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+            raise UserError(f"cond.model={name}: Hugging Face text towers/tokenizers are not supported "
+                            "(only OpenCLIP's own transformer with the CLIP BPE tokenizer)")
+        if text_cfg.get("embed_cls"):
+            raise UserError(f"cond.model={name}: text towers with a class token (CoCa) are not supported")
+        max_length = int(text_cfg.get("context_length", 77))
+        text_cfg.update(proj_type="none", output_tokens=False)  # token states only: no pooled projection
+        quick_gelu = bool(cfg.get("quick_gelu", False))
+        try:
+            tower = _build_text_tower(0, CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
+        except TypeError as exc:
+            raise UserError(f"cond.model={name}: unsupported text_cfg ({exc})") from None
+        return cls(tower, name, max_length, dict(text_cfg.get("tokenizer_kwargs") or {}))
+
+    def load(self, path: Path) -> None:
+        """Fill the tower from a CLIP weights file (a misfit is one line naming the first wrong key)."""
+        state = load_tower_weights(path)
+        wanted = self.tower.state_dict()
+        missing = sorted(set(wanted) - set(state))
+        wrong = sorted(k for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
+        if missing or wrong:
+            detail = (f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing
+                      else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                           f"{self.name} needs {tuple(wanted[wrong[0]].shape)}")
+            raise UserError(f"cond.weights={path} does not fit the {self.name} text tower ({detail})")
+        self.tower.load_state_dict({k: state[k] for k in wanted})
+
+
+def open_text_tower(model: str, weights: str | None) -> tuple[ClipTextTower, Path]:
+    """The text tower of ``model`` (a name or model-config path) and its weights file, checked, not read."""
+    cfg, name = model_config(str(model))
+    path = weights_file(weights, name)
+    return ClipTextTower.from_config(cfg, name), path
+
+
 class ClipConditioner(CaptionConditioner):
     """Captions -> OpenCLIP BPE tokens -> frozen OpenCLIP text transformer -> (B, L, width) states + mask."""
 
     def __init__(
         self,
-        model: str = "ViT-H-14",
+        model: ClipTextTower | str = "ViT-H-14",
         weights: str | None = None,
         layer: str = "penultimate",
         context_length: int = 77,
@@ -94,62 +158,45 @@ class ClipConditioner(CaptionConditioner):
         key: str = "caption",
         drop_prob: float = 0.1,
     ) -> None:
+        """The conditioner around a built text tower (``from_files`` reads one). A model name or config path
+        with ``weights`` is read here too, because the config.yaml of model dirs written before ``from_files``
+        names the files."""
         super().__init__()
-        from open_clip.model import CLIPTextCfg, _build_text_tower
         from open_clip.tokenizer import SimpleTokenizer
 
         if layer not in LAYERS:
             raise UserError(f"cond.layer={layer}: expected one of {', '.join(LAYERS)}")
-        cfg, name = model_config(str(model))
-        text_cfg = dict(cfg["text_cfg"])
-        if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
-            raise UserError(f"cond.model={model}: Hugging Face text towers/tokenizers are not supported "
-                            "(only OpenCLIP's own transformer with the CLIP BPE tokenizer)")
-        if text_cfg.get("embed_cls"):
-            raise UserError(f"cond.model={model}: text towers with a class token (CoCa) are not supported")
-        max_length = int(text_cfg.get("context_length", 77))
-        if not 2 <= context_length <= max_length:
-            raise UserError(f"cond.context_length={context_length}: must be in 2..{max_length} for {name}")
-        weights_path = self._weights_path(weights, name)
-
-        text_cfg.update(proj_type="none", output_tokens=False)  # token states only: no pooled projection
-        try:
-            tower = _build_text_tower(0, CLIPTextCfg(**text_cfg), quick_gelu=bool(cfg.get("quick_gelu", False)))
-        except TypeError as exc:
-            raise UserError(f"cond.model={model}: unsupported text_cfg ({exc})") from None
+        if not isinstance(model, ClipTextTower):  # a model dir written before from_files
+            model, path = open_text_tower(model, weights)
+            model.load(path)
+        elif weights is not None:
+            raise TypeError("weights= is for a model name or config path, not for a built ClipTextTower")
+        if not 2 <= context_length <= model.max_length:
+            raise UserError(f"cond.context_length={context_length}: must be in 2..{model.max_length} "
+                            f"for {model.name}")
+        tower = model.tower
         if width is not None and int(width) != tower.width:
-            raise UserError(f"cond.width={width} but the {name} text tower is {tower.width} wide: "
+            raise UserError(f"cond.width={width} but the {model.name} text tower is {tower.width} wide: "
                             f"set cond.width={tower.width}")
-        state = load_tower_weights(weights_path)
-        wanted = tower.state_dict()
-        missing = sorted(set(wanted) - set(state))
-        wrong = sorted(k for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
-        if missing or wrong:
-            detail = (f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing
-                      else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
-                           f"{name} needs {tuple(wanted[wrong[0]].shape)}")
-            raise UserError(f"cond.weights={weights_path} does not fit the {name} text tower ({detail})")
-        tower.load_state_dict({k: state[k] for k in wanted})
         self.tower = tower.requires_grad_(False).eval()
-
         self.key, self.drop_prob, self.layer = key, drop_prob, layer
         self.context_length, self.width = context_length, int(tower.width)
-        self.tokenizer = SimpleTokenizer(context_length=context_length, **(text_cfg.get("tokenizer_kwargs") or {}))
+        self.tokenizer = SimpleTokenizer(context_length=context_length, **model.tokenizer_kwargs)
         if self.tokenizer.vocab_size > tower.vocab_size:
-            raise UserError(f"cond.model={model}: vocab_size {tower.vocab_size} is smaller than the CLIP "
-                            f"tokenizer's {self.tokenizer.vocab_size}")
+            raise UserError(f"cond.model={model.name}: vocab_size {tower.vocab_size} is smaller than the "
+                            f"CLIP tokenizer's {self.tokenizer.vocab_size}")
         self.causal = tower.attn_mask is not None
 
-    @staticmethod
-    def _weights_path(weights: str | None, name: str) -> Path:
-        """The local weights file, or a one-line UserError saying how to pass it (never a hub download)."""
-        how = f"pass a local .safetensors/.bin/.pt of the {name} CLIP model as cond.weights=PATH"
-        if not weights:
-            raise UserError(f"cond.weights is not set: {how} (nothing is downloaded)")
-        path = Path(str(weights)).expanduser()
-        if not path.is_file():
-            raise UserError(f"CLIP weights file {path} not found: {how} (hub tags are not downloaded)")
-        return path
+    @classmethod
+    def from_files(
+        cls, model: str = "ViT-H-14", weights: str | None = None, **settings: Any
+    ) -> ClipConditioner:
+        """Read an open_clip model config and a local CLIP weights file (the Hydra target of ``cond=clip``);
+        the other settings (see ``__init__``) are checked before the weights, maybe gigabytes, are read."""
+        text, path = open_text_tower(model, weights)
+        cond = cls(text, **settings)
+        text.load(path)
+        return cond
 
     @property
     def context_dim(self) -> int:

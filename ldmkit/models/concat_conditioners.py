@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, resize_to, stack_same_size
+from ldmkit.diffusion.cond import Cond, resize_to
+from ldmkit.models.conditioners import Conditioner, keep_mask, stack_same_size
 
 
 def map_size(inputs: dict[str, list], name: str, factor: int = 1) -> tuple[int, int] | None:

@@ -9,65 +9,12 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class Cond:
-    """What a conditioner hands the UNet: cross-attention ``context`` (B, L, D) with key ``mask`` (B, L)
-    (True = attend; None = all), and ``concat`` channels (B, C, h, w) joined to the latent (resized to it)."""
-
-    context: Tensor | None = None
-    mask: Tensor | None = None
-    concat: Tensor | None = None
-
-
-def _join(parts: list[Tensor | None], dim: int) -> Tensor | None:
-    """Concatenate the non-None tensors along ``dim`` (None when there are none)."""
-    present = [p for p in parts if p is not None]
-    return torch.cat(present, dim) if present else None
-
-
-def _masks(conds: list[Cond]) -> list[Tensor | None]:
-    """Each Cond's key mask, filled with True where a Cond has context but no mask (only if any mask exists)."""
-    if all(c.mask is None for c in conds):
-        return [None] * len(conds)
-    return [c.mask if c.mask is not None or c.context is None
-            else torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device) for c in conds]
-
-
-def resize_to(c: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize conditioning channels to a spatial size: area-average down, bilinear up."""
-    if tuple(c.shape[-2:]) == tuple(size):
-        return c
-    if c.shape[-2] >= size[0] and c.shape[-1] >= size[1]:
-        return F.interpolate(c, size=size, mode="area")
-    return F.interpolate(c, size=size, mode="bilinear", align_corners=False)
-
-
-def _same_size(maps: list[Tensor | None]) -> list[Tensor | None]:
-    """Concat maps brought to one spatial size (the largest), e.g. a 1x1 null map next to a full-size one."""
-    present = [m for m in maps if m is not None]
-    if not present:
-        return maps
-    size = (max(m.shape[-2] for m in present), max(m.shape[-1] for m in present))
-    return [None if m is None else resize_to(m, size) for m in maps]
-
-
-def cat_batch(conds: list[Cond]) -> Cond:
-    """Stack Conds along the batch (e.g. unconditional + conditional for guidance in one pass)."""
-    concat = _join(_same_size([c.concat for c in conds]), 0)
-    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), concat)
-
-
-def merge(conds: list[Cond]) -> Cond:
-    """Combine several conditioners' outputs for one batch: tokens joined along L, channels along C."""
-    return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1))
+from ldmkit.diffusion.cond import Cond, merge
 
 
 def keep_mask(n: int, drop_prob: float, generator: torch.Generator | None = None) -> Tensor:
@@ -170,6 +117,10 @@ class Conditioner(nn.Module, ABC):
         """Per-sample tensors ``encode-dataset`` may store so training skips this conditioner's frozen work
         (the batched values' encodings keyed by field name); nothing for trained conditioners."""
         return {}
+
+    def learned_null(self) -> bool:
+        """Whether training dropped conditions (drop_prob > 0), i.e. the null condition was learned."""
+        return float(self.drop_prob) > 0
 
     def drop(self, values: Any, generator: torch.Generator | None = None) -> Any:
         """Replace each value by the null value with probability ``drop_prob`` (training-time dropout); tensor
@@ -333,6 +284,10 @@ class MultiConditioner(Conditioner):
         """Every part's cacheable fields."""
         return {k: v for name, part in self.parts.items() for k, v in part.cached_fields(values[name]).items()}
 
+    def learned_null(self) -> bool:
+        """Whether any part learned its null condition."""
+        return any(part.learned_null() for part in self.parts.values())
+
     def drop(self, values: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """Each part drops its own values with its own rate."""
         return {name: part.drop(values[name], generator) for name, part in self.parts.items()}
@@ -346,9 +301,3 @@ class MultiConditioner(Conditioner):
     def forward(self, values: dict[str, Any]) -> Cond:
         """The parts' outputs merged: tokens joined along L, channels along C."""
         return merge([part(values[name]) for name, part in self.parts.items()])
-
-
-def learned_null(cond: Conditioner) -> bool:
-    """Whether training dropped conditions (drop_prob > 0 somewhere), i.e. the null condition was learned."""
-    parts = cond.parts.values() if isinstance(cond, MultiConditioner) else [cond]
-    return any(float(getattr(p, "drop_prob", 0.0)) > 0 for p in parts)

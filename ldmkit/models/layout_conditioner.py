@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmkit.models.conditioners import Cond, Conditioner, keep_mask, label_id, shapes_class_names
+from ldmkit.diffusion.cond import Cond
+from ldmkit.models.conditioners import Conditioner, keep_mask, label_id, shapes_class_names
 
 
 def parse_box(entry: Any, i: int) -> tuple[float, float, float, float]:

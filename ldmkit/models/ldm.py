@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmkit.diffusion.guidance import cfg_denoiser
+from ldmkit.diffusion.cond import Cond, resize_to
+from ldmkit.diffusion.guidance import guided_eps
 from ldmkit.diffusion.objectives import check_prediction, to_eps
 from ldmkit.diffusion.samplers import check_strength, randn_like, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
-from ldmkit.models.conditioners import Cond, Conditioner, NoConditioner, num_values, resize_to
+from ldmkit.models.conditioners import Conditioner, NoConditioner, num_values
 from ldmkit.models.first_stage import FirstStage
 
 
@@ -125,7 +126,7 @@ class LatentDiffusion(nn.Module):
         noise = randn_like(torch.empty(shape, device=device), generator)
         sampler = sampler or sample_ddim
         z = sampler(
-            cfg_denoiser(self.eps, guidance),
+            guided_eps(self.eps, guidance),
             noise,
             self.schedule,
             extra_args={"cond": cond, "uncond": uncond},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ __all__ = [
     "Downsample",
     "Upsample",
     "UNetModel",
+    "UNetBuilder",
+    "attention_heads",
 ]
 
 
@@ -169,6 +172,129 @@ class Upsample(nn.Module):
         return self.conv(x) if self.use_conv else x
 
 
+def attention_heads(
+    ch: int, num_heads: int, num_head_channels: int, *, legacy: bool, spatial: bool
+) -> tuple[int, int]:
+    """CompVis' (heads, head width) at width ``ch``: ``num_heads`` heads, or heads ``num_head_channels`` wide;
+    ``legacy`` takes ``ch // heads`` for a SpatialTransformer and ``num_head_channels`` for an AttentionBlock."""
+    if num_head_channels == -1:
+        heads, dim_head = num_heads, ch // num_heads
+    else:
+        heads, dim_head = ch // num_head_channels, num_head_channels
+    if legacy:
+        dim_head = ch // heads if spatial else num_head_channels
+    return heads, dim_head
+
+
+@dataclass(frozen=True)
+class UNetBuilder:
+    """The UNet's model-wide settings, and its blocks built from them (CompVis' names and construction order)."""
+
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    emb_channels: int
+    dropout: float
+    num_heads: int
+    num_head_channels: int
+    use_spatial_transformer: bool  # SpatialTransformer cross-attention (else AttentionBlock self-attention)
+    transformer_depth: int
+    context_dim: int | None
+    use_checkpoint: bool
+    use_scale_shift_norm: bool
+    conv_resample: bool
+    legacy: bool
+    resblock_updown: bool
+
+    def __post_init__(self) -> None:
+        """Refuse settings CompVis would build into a broken or half-used UNet."""
+        if self.use_spatial_transformer and self.context_dim is None:
+            raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
+        if self.context_dim is not None and not self.use_spatial_transformer:
+            raise ValueError("context_dim is set but use_spatial_transformer=False (the context would be unused)")
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise ValueError("either num_heads or num_head_channels has to be set")
+        if self.num_res_blocks < 1 or not self.channel_mult:
+            raise ValueError("need num_res_blocks >= 1 and at least one channel_mult level")
+
+    def resblock(self, ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
+        """A ResBlock with the model-wide settings."""
+        return ResBlock(
+            ch,
+            self.emb_channels,
+            self.dropout,
+            out_channels=out_ch,
+            use_checkpoint=self.use_checkpoint,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            up=up,
+            down=down,
+        )
+
+    def attention(self, ch: int) -> nn.Module:
+        """The attention layer at width ``ch``, with CompVis' (legacy) head-count logic."""
+        spatial = self.use_spatial_transformer
+        heads, dim_head = attention_heads(
+            ch, self.num_heads, self.num_head_channels, legacy=self.legacy, spatial=spatial
+        )
+        if spatial:
+            return SpatialTransformer(
+                ch, heads, dim_head, depth=self.transformer_depth, context_dim=self.context_dim,
+                checkpoint=self.use_checkpoint,
+            )
+        # CompVis passes num_heads_upsample (= the original num_heads) in the decoder. heads only differs from
+        # num_heads when num_head_channels != -1, and then AttentionBlock ignores it: same result.
+        return AttentionBlock(
+            ch, num_heads=heads, num_head_channels=dim_head, use_checkpoint=self.use_checkpoint
+        )
+
+    def resample(self, ch: int, down: bool) -> nn.Module:
+        """Halve (``down``) or double the resolution: a resampling ResBlock, or a (conv) Down/Upsample."""
+        if self.resblock_updown:
+            return self.resblock(ch, ch, up=not down, down=down)
+        return (Downsample if down else Upsample)(ch, self.conv_resample, out_channels=ch)
+
+    def level_blocks(self, ch: int, out_ch: int, ds: int) -> list[nn.Module]:
+        """A ResBlock to ``out_ch``, then attention if ``ds`` (the downsampling so far) is an attention rate."""
+        layers: list[nn.Module] = [self.resblock(ch, out_ch)]
+        if ds in self.attention_resolutions:
+            layers.append(self.attention(out_ch))
+        return layers
+
+    def input_blocks(self, in_channels: int) -> tuple[nn.ModuleList, list[int]]:
+        """The encoder half and the width of each of its outputs (the skip connections, in order)."""
+        blocks = [TimestepEmbedSequential(nn.Conv2d(in_channels, self.model_channels, 3, padding=1))]
+        chans = [self.model_channels]
+        ch = self.model_channels
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                layers = self.level_blocks(ch, mult * self.model_channels, 2**level)
+                blocks.append(TimestepEmbedSequential(*layers))
+                ch = mult * self.model_channels
+                chans.append(ch)
+            if level != len(self.channel_mult) - 1:
+                blocks.append(TimestepEmbedSequential(self.resample(ch, down=True)))
+                chans.append(ch)
+        return nn.ModuleList(blocks), chans
+
+    def middle_block(self, ch: int) -> TimestepEmbedSequential:
+        """ResBlock, attention, ResBlock at the lowest resolution."""
+        return TimestepEmbedSequential(self.resblock(ch, ch), self.attention(ch), self.resblock(ch, ch))
+
+    def output_blocks(self, skip_chans: list[int]) -> nn.ModuleList:
+        """The decoder half: each block takes the previous output concatenated with one skip (last first)."""
+        skips, blocks = list(skip_chans), []
+        ch = self.model_channels * self.channel_mult[-1]
+        for level, mult in list(enumerate(self.channel_mult))[::-1]:
+            for i in range(self.num_res_blocks + 1):
+                layers = self.level_blocks(ch + skips.pop(), self.model_channels * mult, 2**level)
+                ch = self.model_channels * mult
+                if level and i == self.num_res_blocks:
+                    layers.append(self.resample(ch, down=False))
+                blocks.append(TimestepEmbedSequential(*layers))
+        return nn.ModuleList(blocks)
+
+
 class UNetModel(nn.Module):
     """The CompVis ``UNetModel`` (eps-prediction UNet with time, class and cross-attention conditioning)."""
 
@@ -195,111 +321,36 @@ class UNetModel(nn.Module):
         resblock_updown: bool = False,
     ) -> None:
         super().__init__()
-        if use_spatial_transformer and context_dim is None:
-            raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
-        if context_dim is not None and not use_spatial_transformer:
-            raise ValueError(
-                "context_dim is set but use_spatial_transformer=False (the context would be unused)"
-            )
-        if num_heads == -1 and num_head_channels == -1:
-            raise ValueError("either num_heads or num_head_channels has to be set")
-        if num_res_blocks < 1 or not channel_mult:
-            raise ValueError("need num_res_blocks >= 1 and at least one channel_mult level")
-        attention_resolutions = [int(r) for r in attention_resolutions]
-        channel_mult = [int(m) for m in channel_mult]
+        builder = UNetBuilder(  # checks the arguments
+            model_channels=model_channels, channel_mult=tuple(int(m) for m in channel_mult),
+            num_res_blocks=num_res_blocks, attention_resolutions=tuple(int(r) for r in attention_resolutions),
+            emb_channels=model_channels * 4, dropout=dropout,
+            num_heads=num_heads, num_head_channels=num_head_channels,
+            use_spatial_transformer=use_spatial_transformer, transformer_depth=transformer_depth,
+            context_dim=context_dim, use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
+            conv_resample=conv_resample, legacy=legacy, resblock_updown=resblock_updown,
+        )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.model_channels = model_channels
-        self.attention_resolutions = attention_resolutions
+        self.attention_resolutions = list(builder.attention_resolutions)
         self.num_res_blocks = num_res_blocks
-        self.channel_mult = channel_mult
+        self.channel_mult = list(builder.channel_mult)
         self.num_classes = num_classes
         self.context_dim = context_dim
         self.use_checkpoint = use_checkpoint
-
-        def attention(ch: int) -> nn.Module:
-            """The attention layer at width ``ch``, with CompVis' (legacy) head-count logic."""
-            nonlocal num_heads
-            if num_head_channels == -1:
-                dim_head = ch // num_heads
-            else:
-                num_heads = ch // num_head_channels
-                dim_head = num_head_channels
-            if legacy:
-                dim_head = ch // num_heads if use_spatial_transformer else num_head_channels
-            if use_spatial_transformer:
-                return SpatialTransformer(
-                    ch,
-                    num_heads,
-                    dim_head,
-                    depth=transformer_depth,
-                    context_dim=context_dim,
-                    checkpoint=use_checkpoint,
-                )
-            # CompVis passes num_heads_upsample (= the original num_heads) in the decoder. num_heads is only
-            # overwritten when num_head_channels != -1, and then AttentionBlock ignores it: same result.
-            return AttentionBlock(
-                ch, num_heads=num_heads, num_head_channels=dim_head, use_checkpoint=use_checkpoint
-            )
-
-        def resblock(ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
-            """A ResBlock with the model-wide settings."""
-            return ResBlock(
-                ch,
-                time_embed_dim,
-                dropout,
-                out_channels=out_ch,
-                use_checkpoint=use_checkpoint,
-                use_scale_shift_norm=use_scale_shift_norm,
-                up=up,
-                down=down,
-            )
-
-        time_embed_dim = model_channels * 4
+        time_embed_dim = builder.emb_channels
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
         )
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))]
-        )
-        input_block_chans = [model_channels]
-        ch, ds = model_channels, 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [resblock(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down: nn.Module = resblock(ch, ch, down=True) if resblock_updown \
-                    else Downsample(ch, conv_resample, out_channels=ch)
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                input_block_chans.append(ch)
-                ds *= 2
-
-        self.middle_block = TimestepEmbedSequential(resblock(ch, ch), attention(ch), resblock(ch, ch))
-
-        self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
-            for i in range(num_res_blocks + 1):
-                ich = input_block_chans.pop()
-                layers = [resblock(ch + ich, model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(attention(ch))
-                if level and i == num_res_blocks:
-                    layers.append(resblock(ch, ch, up=True) if resblock_updown
-                                  else Upsample(ch, conv_resample, out_channels=ch))
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-
+        self.input_blocks, skip_chans = builder.input_blocks(in_channels)
+        self.middle_block = builder.middle_block(skip_chans[-1])
+        self.output_blocks = builder.output_blocks(skip_chans)
         self.out = nn.Sequential(
-            GroupNorm32(32, ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
+            GroupNorm32(32, model_channels * self.channel_mult[0]), nn.SiLU(),
+            zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)),
         )
 
     @property

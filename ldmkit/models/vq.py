@@ -7,12 +7,13 @@ latents *before* quantisation (the diffusion model works on them) and ``decode``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ldmkit.models.ae_blocks import Decoder, Encoder
+from ldmkit.models.ae_base import AutoencoderBase
 from ldmkit.models.autoencoder import PointPosterior
 
 
@@ -49,56 +50,13 @@ class VectorQuantizer(nn.Module):
         return z_q, loss, idx, perplexity
 
 
-class VQModel(nn.Module):
+class VQModel(AutoencoderBase):
     """CompVis ``VQModelInterface``: encoder -> quant_conv -> (latent) ; quantize -> post_quant_conv -> decoder."""
 
-    def __init__(
-        self,
-        *,
-        embed_dim: int,
-        n_embed: int,
-        z_channels: int,
-        ch: int = 32,
-        ch_mult: Sequence[int] = (1, 2, 4),
-        num_res_blocks: int = 1,
-        attn_resolutions: Sequence[int] = (),
-        resolution: int = 32,
-        in_channels: int = 3,
-        out_ch: int = 3,
-        dropout: float = 0.0,
-        beta: float = 0.25,
-        attn_type: str = "vanilla",
-    ) -> None:
-        super().__init__()
-        ch_mult = tuple(int(m) for m in ch_mult)
-        if not ch_mult:
-            raise ValueError("ch_mult must have at least one level")
-        common = dict(
-            ch=ch,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=tuple(int(r) for r in attn_resolutions),
-            resolution=resolution,
-            z_channels=z_channels,
-            dropout=dropout,
-            attn_type=attn_type,
-        )
-        self.encoder = Encoder(in_channels=in_channels, double_z=False, **common)
-        self.decoder = Decoder(out_ch=out_ch, **common)
-        self.quantize = VectorQuantizer(n_embed, embed_dim, beta=beta)
-        self.quant_conv = nn.Conv2d(z_channels, embed_dim, kernel_size=1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, kernel_size=1)
-        self.embed_dim, self.z_channels, self._num_levels = embed_dim, z_channels, len(ch_mult)
-
-    @property
-    def downsample_factor(self) -> int:
-        """f: the spatial downsampling factor of the latent, 2**(len(ch_mult) - 1)."""
-        return 2 ** (self._num_levels - 1)
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of the latent (= embed_dim)."""
-        return self.embed_dim
+    def __init__(self, *, n_embed: int, beta: float = 0.25, **ddconfig: Any) -> None:
+        """A codebook of ``n_embed`` codes with commitment weight ``beta``, and CompVis' ``embed_dim`` and
+        ``ddconfig`` (keyword-only; see ``AutoencoderBase``)."""
+        super().__init__(double_z=False, quantizer=partial(VectorQuantizer, n_embed, beta=beta), **ddconfig)
 
     def encode(self, x: Tensor) -> PointPosterior:
         """Pre-quantisation latents of images in [-1, 1] (what the diffusion model sees)."""
@@ -106,7 +64,7 @@ class VQModel(nn.Module):
 
     def decode_quantized(self, z_q: Tensor) -> Tensor:
         """Images from already-quantised latents."""
-        return self.decoder(self.post_quant_conv(z_q))
+        return super().decode(z_q)
 
     def decode(self, z: Tensor) -> Tensor:
         """Images from pre-quantisation latents: quantise to the nearest codes first, then decode."""
@@ -117,8 +75,3 @@ class VQModel(nn.Module):
         h = self.encode(x).mean
         z_q, loss, idx, perplexity = self.quantize(h)
         return self.decode_quantized(z_q), PointPosterior(h, loss, idx, perplexity)
-
-    def last_layer(self) -> nn.Parameter:
-        """The decoder's final conv weight (for the adaptive GAN weight)."""
-        return self.decoder.conv_out.weight
-

@@ -16,8 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ldmkit import modeldir
+from ldmkit.console import console
 from ldmkit.errors import UserError
-from ldmkit.tasks.common import console
 
 FORWARDED = ("dataset", "first_stage", "f", "seed")  # the overrides train-ae gets from a train-ldm job
 IGNORED = ("resolution",)  # follows the dataset; compared through meta.json instead

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ldmkit import modeldir
 from ldmkit.atomic import leftovers
+from ldmkit.console import console
 from ldmkit.data.access import first_item
 from ldmkit.data.latent_writer import (
     Unit,
@@ -25,9 +26,10 @@ from ldmkit.data.latent_writer import (
     plan,
     verify,
 )
+from ldmkit.devices import device
 from ldmkit.errors import UserError
 from ldmkit.progress import Tracker
-from ldmkit.tasks.common import console, device, run_dir
+from ldmkit.tasks.common import run_dir
 
 
 def _plan_record(cfg: DictConfig, units: list[Unit], ae_meta: dict) -> dict:

@@ -20,7 +20,9 @@ from rich.table import Table
 from torch.utils.data import default_collate
 
 from ldmkit import modeldir
+from ldmkit.console import console
 from ldmkit.data.access import EachOnce, first_item
+from ldmkit.devices import device
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.errors import UserError
 from ldmkit.evaluation.features import (
@@ -35,10 +37,11 @@ from ldmkit.evaluation.features import (
     save_cached,
 )
 from ldmkit.evaluation.fid import find_inception_weights
+from ldmkit.images import save_grid, save_png, to_uint8
 from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.progress import duration, track
 from ldmkit.speed import Speed, for_sampling
-from ldmkit.tasks.common import console, device, run_dir, save_grid, save_png, to_uint8
+from ldmkit.tasks.common import run_dir
 from ldmkit.tasks.generation import check_guidance, generate_stream, source_dataset_cfg, stored_conditions
 
 

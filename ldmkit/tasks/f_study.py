@@ -24,9 +24,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ldmkit import modeldir
+from ldmkit.console import console
 from ldmkit.errors import UserError
 from ldmkit.progress import Tracker
-from ldmkit.tasks.common import console, run_dir
+from ldmkit.tasks.common import run_dir
 
 
 @dataclass

@@ -11,12 +11,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ldmkit.console import console
 from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
 from ldmkit.models.conditioners import NoConditioner, num_values, take
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.progress import Tracker
-from ldmkit.tasks.common import console
 
 PATH_KEYS = ("path", "val_path", "urls", "val_urls", "images", "captions", "segmentations", "instances", "boxes",
              "val_labels", "masks", "classes")  # dataset options that may name files

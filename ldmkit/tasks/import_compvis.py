@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ldmkit import modeldir
 from ldmkit.compat import compvis
-from ldmkit.tasks.common import console, run_dir
+from ldmkit.console import console
+from ldmkit.tasks.common import run_dir
 from ldmkit.tasks.inputs import use_local_files
 
 

@@ -167,8 +167,8 @@ def param_count(path: Path) -> int | None:
         return None
     try:
         with safe_open(str(path), framework="np") as f:
-            return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118 - not a dict
-    except Exception as exc:  # noqa: BLE001 - SafetensorError on a damaged file
+            return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # not a dict
+    except Exception as exc:  # SafetensorError on a damaged file
         raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 

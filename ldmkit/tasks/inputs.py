@@ -118,7 +118,7 @@ def read_layouts(path: Any) -> list:
     try:
         data = OmegaConf.to_container(OmegaConf.load(file)) if file.suffix in (".yaml", ".yml") \
             else json.loads(file.read_text(encoding="utf-8"))
-    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+    except Exception as exc:  # any parse error is the user's file
         raise UserError(f"layout={file}: cannot parse it ({str(exc).splitlines()[0]})") from None
     return data if isinstance(data, list) and data and all(isinstance(x, list) for x in data) else [data]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ldmkit.console import console
 from ldmkit.evaluation.report import write_report
-from ldmkit.tasks.common import console
 
 
 def run(cfg: DictConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,16 @@ from torch import Tensor
 
 from ldmkit import modeldir
 from ldmkit.atomic import atomic_path, write_text
+from ldmkit.console import console
+from ldmkit.devices import device
 from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.diffusion.samplers import DEFAULT_STRENGTH, check_sampler, check_strength
 from ldmkit.errors import UserError, check_whole
+from ldmkit.images import save_grid, to_uint8
 from ldmkit.models.conditioners import num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, for_sampling
-from ldmkit.tasks.common import console, device, run_dir, save_grid, to_uint8
+from ldmkit.tasks.common import run_dir
 from ldmkit.tasks.generation import check_guidance, generate, stored_conditions
 from ldmkit.tasks.inputs import (
     Requests,
@@ -87,55 +91,96 @@ def image_size(cfg: DictConfig, reqs: Requests | None, ldm: LatentDiffusion) -> 
     return h, w
 
 
+@dataclass
+class Plan:
+    """What one ``sample`` run generates, sample by sample."""
+
+    values: Any  # conditioning values, one per sample (None: unconditional)
+    described: list[dict]  # each sample's request as its PNG / samples.jsonl describe it
+    grid_rows: int
+    size: tuple[int, int] | None  # the latent (h, w); None = the training size
+    uncond: Any  # negative-prompt values replacing the null condition (None: the null condition)
+    init: Tensor | None  # img2img: each sample's init latent
+    strength: float  # img2img strength (1 = plain sampling)
+
+
 def run(cfg: DictConfig) -> None:
-    """Sample ``n`` images per request and write them with the conditions that produced them."""
+    """Sample ``n`` images per request and write them with the conditions that produced them: options checked,
+    model loaded, samples planned from the inputs, generated, written."""
     check_options(cfg)
     speed = Speed.from_config(cfg.speed)
     check_input_files(cfg)
+    ckpt = _checked_ckpt(cfg)
     out = run_dir()
-    ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
-    timesteps = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "diffusion.timesteps")
-    if timesteps is not None:  # a bad sampler option stops before the model loads
-        check_sampler(instantiate(cfg.sampler), int(timesteps))
     ldm = for_sampling(modeldir.load(ckpt, use_ema=cfg.use_ema).to(device()), speed)
     use_local_files(ldm.cond, cfg.get("cond"))
-    reqs = user_requests(ldm.cond, cfg)
-    per_request = cfg.n
-    if reqs is None:  # no inputs: n conditions from the validation set, one sample each
-        reqs, per_request = reference_requests(ldm, ckpt, cfg.n), 1
-    init_files = [str(f) for f in as_list(cfg.get("init_image")) or []]
-    if init_files:  # img2img: each request with its init image (unconditional: n samples per image)
-        per_request = cfg.n if reqs is None else per_request
-        reqs = init_image_requests(reqs, init_files, ldm.cond)
-    pixels = image_size(cfg, reqs, ldm)
-    try:
-        size = ldm.latent_size(*pixels) if pixels else None
-    except ValueError as exc:
-        raise UserError(f"{exc}; set H=/W= (or resize the inputs)") from None
-    if reqs is None:
-        values, described = None, [{}] * cfg.n
-    else:
-        values, described = repeat_requests(reqs, per_request)
-    total = len(described)
     with open_dict(cfg):
         cfg.guidance = guidance_scale(cfg.guidance, ldm.cond)
-        if init_files and cfg.get("strength") is None:
+        if cfg.get("init_image") is not None and cfg.get("strength") is None:
             cfg.strength = DEFAULT_STRENGTH
-    uncond = negative_values(ldm.cond, cfg.get("negative_prompt"), total)
-    init = None
-    if init_files:  # the latents z0 of the init images, one per sample, at the output size
-        f = ldm.first_stage.downsample_factor
-        latents = ldm.encode(read_init_images(init_files, tuple(s * f for s in size or ldm.latent_shape[1:])))
-        init = latents[[init_files.index(d["init_image"]) for d in described]]
-    images = generate(ldm, values, total, instantiate(cfg.sampler), cfg.guidance, cfg.seed, cfg.batch_size,
-                      size=size, uncond=uncond, init=init, strength=cfg.strength if init_files else 1.0)
-    records = _records(cfg, described)
+    plan = plan_samples(cfg, ldm, ckpt)
+    images = generate(ldm, plan.values, len(plan.described), instantiate(cfg.sampler), cfg.guidance, cfg.seed,
+                      cfg.batch_size, size=plan.size, uncond=plan.uncond, init=plan.init, strength=plan.strength)
+    write_samples(cfg, out, images, plan, ckpt)
+
+
+def _checked_ckpt(cfg: DictConfig) -> Path:
+    """The LDM model dir of ckpt=, with the sampler options checked against its schedule (before it loads)."""
+    ckpt = modeldir.resolve(cfg.ckpt, "ldm", "ckpt")
+    timesteps = OmegaConf.select(OmegaConf.load(ckpt / "config.yaml"), "diffusion.timesteps")
+    if timesteps is not None:
+        check_sampler(instantiate(cfg.sampler), int(timesteps))
+    return ckpt
+
+
+def plan_samples(cfg: DictConfig, ldm: LatentDiffusion, ckpt: Path) -> Plan:
+    """Inputs -> requests -> one entry per sample, with the output size, negatives and init latents."""
+    reqs, per_request, init_files = _requests(cfg, ldm, ckpt)
+    size = _latent_size(cfg, reqs, ldm)
+    values, described = (None, [{}] * cfg.n) if reqs is None else repeat_requests(reqs, per_request)
+    rows = cfg.n if reqs is not None and len(reqs) > 1 and per_request > 1 else math.ceil(math.sqrt(len(described)))
+    init = _init_latents(ldm, init_files, described, size) if init_files else None
+    return Plan(values, described, max(1, rows), size, negative_values(ldm.cond, cfg.get("negative_prompt"),
+                len(described)), init, float(cfg.strength) if init_files else 1.0)
+
+
+def _requests(cfg: DictConfig, ldm: LatentDiffusion, ckpt: Path) -> tuple[Requests | None, int, list[str]]:
+    """The requests (the user's inputs, else n of the model's validation conditions), samples per request, and the
+    init images (img2img: each request with its image; unconditional: n samples per image)."""
+    reqs, per_request = user_requests(ldm.cond, cfg), cfg.n
+    if reqs is None:
+        reqs, per_request = reference_requests(ldm, ckpt, cfg.n), 1
+    init_files = [str(f) for f in as_list(cfg.get("init_image")) or []]
+    if init_files:
+        per_request = cfg.n if reqs is None else per_request
+        reqs = init_image_requests(reqs, init_files, ldm.cond)
+    return reqs, per_request, init_files
+
+
+def _latent_size(cfg: DictConfig, reqs: Requests | None, ldm: LatentDiffusion) -> tuple[int, int] | None:
+    """The latent (h, w) of the pixel size asked for or implied by the inputs (None: the training size)."""
+    pixels = image_size(cfg, reqs, ldm)
+    try:
+        return ldm.latent_size(*pixels) if pixels else None
+    except ValueError as exc:
+        raise UserError(f"{exc}; set H=/W= (or resize the inputs)") from None
+
+
+def _init_latents(ldm: LatentDiffusion, files: list[str], described: list[dict], size) -> Tensor:
+    """img2img: the latents z0 of the init images at the output size, one per sample."""
+    f = ldm.first_stage.downsample_factor
+    latents = ldm.encode(read_init_images(files, tuple(s * f for s in size or ldm.latent_shape[1:])))
+    return latents[[files.index(d["init_image"]) for d in described]]
+
+
+def write_samples(cfg: DictConfig, out: Path, images: Tensor, plan: Plan, ckpt: Path) -> None:
+    """One PNG per sample (its record in the text chunks), grid.png and samples.jsonl."""
+    records = _records(cfg, plan.described)
     for image, record in zip(images, records, strict=True):
         save_png_with_text(image, out / record["file"], record)
-    rows = cfg.n if reqs is not None and len(reqs) > 1 and per_request > 1 else math.ceil(math.sqrt(total))
-    save_grid(images, out / "grid.png", nrow=max(1, rows))
+    save_grid(images, out / "grid.png", nrow=plan.grid_rows)
     write_jsonl(out / "samples.jsonl", [{**r, "ckpt": str(ckpt.resolve())} for r in records])
-    console.print(f"{total} samples ({images.shape[-2]}x{images.shape[-1]}) -> {out}/grid.png")
+    console.print(f"{len(records)} samples ({images.shape[-2]}x{images.shape[-1]}) -> {out}/grid.png")
 
 
 def sampler_name(cfg: DictConfig) -> str:

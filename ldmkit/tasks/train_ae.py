@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ldmkit import modeldir
+from ldmkit.console import console
 from ldmkit.data.access import first_items, write_skips
 from ldmkit.errors import UserError
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.evaluation.reconstruction import reconstruct, reconstruction_metrics
+from ldmkit.images import save_grid
 from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.first_stage import FirstStage, IdentityStage, latent_scale
 from ldmkit.models.perceptual import LPIPS, lpips_skip_reason
 from ldmkit.models.vq import VQModel
-from ldmkit.tasks.common import console, run_dir, save_grid
+from ldmkit.tasks.common import run_dir
+from ldmkit.training import optim
 
 AE_TYPES = {AutoencoderKL: "kl", VQModel: "vq", IdentityStage: "identity"}
 
@@ -61,7 +66,7 @@ def _say_once(text: str) -> None:
         console.print(text, soft_wrap=True, markup=False, highlight=False)
 
 
-def _train(cfg: DictConfig, ae: nn.Module, loss: nn.Module, dataset, out) -> int:
+def _train(cfg: DictConfig, ae: nn.Module, loss: nn.Module, dataset, out, optimizers: tuple) -> int:
     """Fit the autoencoder (and discriminator) with Lightning, writing reconstruction grids and the loss plot;
     return the training steps done (autoencoder updates)."""
     from ldmkit.training.autoencoder_module import AutoencoderModule
@@ -72,7 +77,7 @@ def _train(cfg: DictConfig, ae: nn.Module, loss: nn.Module, dataset, out) -> int
     check_options(cfg.images.every_n_steps, cfg.images.count)
     loggers = extra_loggers(instantiate(cfg.logger), out)
     val = instantiate(cfg.dataset, split="val", size=cfg.images.count)  # the grids' fixed images
-    module = AutoencoderModule(ae, loss, lr=cfg.optim.lr, betas=cfg.optim.betas)
+    module = AutoencoderModule(ae, loss, *optimizers)
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
     pictures = [ReconstructionGrids(out, val, cfg.images.every_n_steps, cfg.images.count), LossPlot(out)]
     trainer = fit(cfg, module, loader, out, callbacks=pictures, loggers=loggers, name="train-ae")
@@ -104,8 +109,27 @@ def run(cfg: DictConfig) -> None:
     import pytorch_lightning as pl
 
     _check_manual_optimization(cfg.trainer)
+    optimizers = optim.from_config(cfg.optim, cfg.get("lr_schedule"))
     out = run_dir()
     pl.seed_everything(cfg.seed, verbose=False)
+    ae, kind = _first_stage(cfg)
+    weights, reason = _inception_weights(cfg.report)
+    loss_cfg, lpips_skipped = loss_config(cfg.loss) if kind != "identity" else (None, None)
+    dataset = instantiate(cfg.dataset)
+    steps = _fit_or_skip(cfg, ae, loss_cfg, lpips_skipped, dataset, out, optimizers)
+    skipped = write_skips(dataset, out)  # every rank: the counts are summed over DDP ranks
+    if steps < 0:
+        return
+    stage = _scaled(ae, dataset, cfg.loader.batch_size)
+    metrics = _report(cfg, stage, out, weights, reason)
+    extra = {**({"skipped_samples": skipped["skipped"]} if skipped else {}),
+             **({"perceptual_skipped": lpips_skipped} if lpips_skipped else {})}
+    meta = _save(out, _as_trained(cfg, lpips_skipped), stage, kind, steps, {"metrics": metrics, **extra})
+    _say_done(out, kind, stage, metrics, meta["hash"])
+
+
+def _first_stage(cfg: DictConfig) -> tuple[nn.Module, str]:
+    """The untrained first stage and its kind (kl, vq, identity), checked against ``f=`` and the resolution."""
     ae = instantiate(cfg.first_stage)
     kind = AE_TYPES.get(type(ae))
     if kind is None:
@@ -113,26 +137,38 @@ def run(cfg: DictConfig) -> None:
     if _chosen("f") == "1" and kind != "identity":
         raise UserError(f"f=1 means no first stage (pixel space): drop first_stage={_chosen('first_stage')} "
                         "or use first_stage=identity")
-    res, f = int(cfg.dataset.resolution), ae.downsample_factor
-    check_resolution(res, f)
-    weights, reason = find_inception_weights(cfg.report.inception_weights, "report.inception_weights")
-    if weights is None and cfg.report.on_missing_weights != "skip":
+    check_resolution(int(cfg.dataset.resolution), ae.downsample_factor)
+    return ae, kind
+
+
+def _inception_weights(report: DictConfig) -> tuple[Path | None, str]:
+    """The rFID Inception weights, or None and why (one line instead when ``report.on_missing_weights`` says so)."""
+    weights, reason = find_inception_weights(report.inception_weights, "report.inception_weights")
+    if weights is None and report.on_missing_weights != "skip":
         raise UserError(reason)
-    loss_cfg, lpips_skipped = loss_config(cfg.loss) if kind != "identity" else (None, None)
-    dataset = instantiate(cfg.dataset)
-    steps = 0
-    if kind == "identity":
+    return weights, reason
+
+
+def _fit_or_skip(cfg: DictConfig, ae: nn.Module, loss_cfg: DictConfig | None, lpips_skipped: str | None, dataset,
+                 out: Path, optimizers: tuple) -> int:
+    """The training steps done: none for the identity stage (no loss to train), else :func:`_train`'s."""
+    if loss_cfg is None:
         console.print("first_stage=identity (f=1): nothing to train; writing the pixel-space stage")
-    else:
-        if lpips_skipped:
-            _say_once(lpips_skipped)
-        steps = _train(cfg, ae, instantiate(loss_cfg), dataset, out)
-    skipped = write_skips(dataset, out)  # every rank: the counts are summed over DDP ranks
-    if steps < 0:
-        return
+        return 0
+    if lpips_skipped:
+        _say_once(lpips_skipped)
+    return _train(cfg, ae, instantiate(loss_cfg), dataset, out, optimizers)
+
+
+def _scaled(ae: nn.Module, dataset, batch_size: int) -> FirstStage:
+    """The trained model (CPU, eval mode) with its latent scale, measured on the first training batch."""
     ae = ae.cpu().eval()
-    first = torch.stack([item["image"] for item in first_items(dataset, cfg.loader.batch_size)])
-    stage = FirstStage(ae, latent_scale(ae, first))
+    first = torch.stack([item["image"] for item in first_items(dataset, batch_size)])
+    return FirstStage(ae, latent_scale(ae, first))
+
+
+def _report(cfg: DictConfig, stage: FirstStage, out: Path, weights: Path | None, reason: str) -> dict:
+    """Reconstruct the first validation images: ``reconstructions.png`` and the metrics (PSNR, SSIM, L1, rFID)."""
     n_val = max(cfg.report.images, cfg.report.grid)
     val = first_items(instantiate(cfg.dataset, split="val", size=n_val), n_val)
     if not val:
@@ -144,12 +180,19 @@ def run(cfg: DictConfig) -> None:
     metrics = {f"val_{k}": v for k, v in reconstruction_metrics(images, rec, weights).items()}
     if weights is None:
         metrics["val_rfid_skipped"] = reason
-    extra = {**({"skipped_samples": skipped["skipped"]} if skipped else {}),
-             **({"perceptual_skipped": lpips_skipped} if lpips_skipped else {})}
-    meta = modeldir.save(out, _as_trained(cfg, lpips_skipped), {"model": ae.state_dict()},
-                         modeldir.first_stage_meta(ae, kind, res, stage.scale_factor, steps, metrics=metrics, **extra))
+    return metrics
+
+
+def _save(out: Path, cfg: DictConfig, stage: FirstStage, kind: str, steps: int, extra: dict) -> dict:
+    """The model dir: the config as trained, the weights and the meta (scale, steps, ``extra``); its meta."""
+    meta = modeldir.first_stage_meta(stage.ae, kind, int(cfg.dataset.resolution), stage.scale_factor, steps, **extra)
+    return modeldir.save(out, cfg, {"model": stage.ae.state_dict()}, meta)
+
+
+def _say_done(out: Path, kind: str, stage: FirstStage, metrics: dict, model_hash: str) -> None:
+    """The line summing up the model dir written."""
     rfid = f", rFID {metrics['val_rfid']:.2f}" if "val_rfid" in metrics else ""
     console.print(
-        f"first stage {kind} f={f} -> {out}  (scale {stage.scale_factor:.4f}, val PSNR {metrics['val_psnr']:.2f} dB, "
-        f"SSIM {metrics['val_ssim']:.3f}{rfid}, hash {meta['hash']})"
+        f"first stage {kind} f={stage.downsample_factor} -> {out}  (scale {stage.scale_factor:.4f}, "
+        f"val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}{rfid}, hash {model_hash})"
     )

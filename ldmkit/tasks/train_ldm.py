@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, open_dict
 
 from ldmkit import modeldir
+from ldmkit.console import console
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
 from ldmkit.errors import UserError
 from ldmkit.speed import Speed, prepare, set_threads, training_precision
 from ldmkit.tasks.ae_choice import resolve_ae
-from ldmkit.tasks.common import console, run_dir
+from ldmkit.tasks.common import run_dir
 from ldmkit.tasks.generation import condition_bank, training_source
+from ldmkit.training import optim
+
+if TYPE_CHECKING:
+    from ldmkit.training.ldm_module import LDMModule
 
 
 def _latent_shape(cfg: DictConfig, ae_meta: dict) -> list[int]:
@@ -100,61 +109,113 @@ def run(cfg: DictConfig) -> None:
     """Train and write the LDM model dir (config, model/ema weights, meta, first_stage/ copy)."""
     import pytorch_lightning as pl
 
-    from ldmkit.training.callbacks import Snapshots, Throughput
     from ldmkit.training.ldm_module import LDMModule
-    from ldmkit.training.loader import make_loader
-    from ldmkit.training.pictures import LossPlot, SampleGrids, check_options
-    from ldmkit.training.trainer import extra_loggers, fit
+    from ldmkit.training.pictures import check_options
+    from ldmkit.training.trainer import extra_loggers
 
+    lr = effective_lr(cfg)
+    optimizer, lr_schedule = optim.from_config(cfg.optim, cfg.get("lr_schedule"), lr=lr)
     out = run_dir()
+    speed = _speed(cfg)
+    pl.seed_everything(cfg.seed, verbose=False)
+    ae_dir, ae_meta, latent_shape = _first_stage(cfg, out)
+    check_options(cfg.images.every_n_steps, cfg.images.count)
+    loggers = extra_loggers(instantiate(cfg.logger), out)
+    dataset, val = _datasets(cfg)
+    cond, bank = _conditioner(cfg, ae_meta["latent_channels"], dataset)
+    ldm = modeldir.build_ldm(cfg, modeldir.load(ae_dir), latent_shape, cfg.objective.prediction, cond=cond)
+    module = LDMModule(ldm, optimizer, lr_schedule, ema_decay=cfg.ema.decay, min_snr_gamma=cfg.objective.min_snr_gamma)
+    prepare(ldm.unet, speed)  # after the EMA copy was made: only the trained UNet is compiled
+    write = _ModelDirWriter(cfg, module, ae_dir, ae_meta, bank, lr)
+    trainer, throughput = _fit(cfg, write, dataset, val, out, loggers)
+    skipped = write_skips(dataset, out)
+    if trainer.is_global_zero:
+        _write_final(write, out, trainer.global_step, throughput.samples_per_s, skipped)
+
+
+def _speed(cfg: DictConfig) -> Speed:
+    """The ``speed.*`` switches, with the CPU threads and the training precision applied now."""
     speed = Speed.from_config(cfg.speed)
     set_threads(speed.threads)
     with open_dict(cfg):
         cfg.trainer.precision = training_precision(cfg.trainer.precision, speed)
-    pl.seed_everything(cfg.seed, verbose=False)
+    return speed
+
+
+def _first_stage(cfg: DictConfig, out: Path) -> tuple[Path, dict, list[int]]:
+    """The first-stage model dir (kept in ``cfg.ae`` as an absolute path), its meta and the latent shape."""
     ae_dir = resolve_ae(cfg, out)
     ae_meta = modeldir.read_json(ae_dir / "meta.json")
     latent_shape = _latent_shape(cfg, ae_meta)
     with open_dict(cfg):
         cfg.ae = str(ae_dir.resolve())
-    check_options(cfg.images.every_n_steps, cfg.images.count)
-    loggers = extra_loggers(instantiate(cfg.logger), out)
+    return ae_dir, ae_meta, latent_shape
+
+
+def _datasets(cfg: DictConfig) -> tuple[Any, Any]:
+    """The training dataset and the sample grids' validation split (the source images kept in ``cfg``)."""
     dataset = instantiate(cfg.dataset)
     with open_dict(cfg):  # sampling and eval-fid find the images here, from any working directory
         cfg.source_dataset = training_source(cfg.dataset)
-    val = _val_split(cfg)
+    return dataset, _val_split(cfg)
+
+
+def _conditioner(cfg: DictConfig, latent_channels: int, dataset: Any) -> tuple[Any, Any]:
+    """The conditioner (its channels and the UNet's filled in, its inputs checked on a sample) and the bank of
+    conditions that a model dir keeps for sampling without a dataset."""
     _fill_upscale(cfg)
-    _fill_cond_channels(cfg, ae_meta["latent_channels"], dataset)
+    _fill_cond_channels(cfg, latent_channels, dataset)
     cond = instantiate(cfg.cond)
     _check_fields(cond, dataset)
     bank = condition_bank(cfg.source_dataset, cond)
-    _fill_unet(cfg, ae_meta["latent_channels"], cond.concat_channels)
-    ldm = modeldir.build_ldm(cfg, modeldir.load(ae_dir), latent_shape, cfg.objective.prediction, cond=cond)
-    lr = effective_lr(cfg)
-    module = LDMModule(ldm, lr=lr, weight_decay=cfg.optim.weight_decay, ema_decay=cfg.ema.decay,
-                       min_snr_gamma=cfg.objective.min_snr_gamma)
-    prepare(ldm.unet, speed)  # after the EMA copy was made: only the trained UNet is compiled
+    _fill_unet(cfg, latent_channels, cond.concat_channels)
+    return cond, bank
+
+
+@dataclass
+class _ModelDirWriter:
+    """Writes LDM model dirs of the weights being trained: the final one and the snapshots."""
+
+    cfg: DictConfig
+    module: LDMModule
+    ae_dir: Path
+    ae_meta: dict
+    bank: Any
+    lr: float
+
+    def __call__(self, where: Path, steps: int, extra: dict | None = None) -> dict:
+        """A model dir (config, weights, EMA, meta, first_stage/ copy) of the current weights; its meta."""
+        modeldir.copy(self.ae_dir, where / "first_stage")
+        if self.bank is not None:  # sample / eval-fid given no conditions draw these: the model dir is self-contained
+            modeldir.save_values(where / modeldir.CONDITIONS, self.bank)
+        ldm = self.module.ldm
+        weights = {"model": ldm.trainable().state_dict(), "ema": self.module.ema.module.state_dict()}
+        meta = modeldir.ldm_meta(ldm, self.ae_dir, self.ae_meta, steps, lr=self.lr, **(extra or {}))
+        return modeldir.save(where, self.cfg, weights, meta)
+
+
+def _fit(cfg: DictConfig, write: _ModelDirWriter, dataset: Any, val: Any, out: Path, loggers: list) -> tuple:
+    """Train with Lightning (throughput, snapshots, sample grids, loss plot); the trainer and the throughput."""
+    from ldmkit.training.callbacks import Snapshots, Throughput
+    from ldmkit.training.loader import make_loader
+    from ldmkit.training.pictures import LossPlot, SampleGrids
+    from ldmkit.training.trainer import fit
+
     loader = make_loader(dataset, cfg.loader.batch_size, cfg.loader.num_workers, cfg.seed)
-
-    def write(where, steps: int, extra: dict | None = None) -> dict:
-        """A model dir (config, weights, EMA, meta, first_stage/ copy) of the current weights."""
-        modeldir.copy(ae_dir, where / "first_stage")
-        if bank is not None:  # sample / eval-fid given no conditions draw these: the model dir is self-contained
-            modeldir.save_values(where / modeldir.CONDITIONS, bank)
-        weights = {"model": ldm.trainable().state_dict(), "ema": module.ema.module.state_dict()}
-        return modeldir.save(where, cfg, weights, modeldir.ldm_meta(ldm, ae_dir, ae_meta, steps, lr=lr, **(extra or {})))
-
     throughput = Throughput(cfg.loader.batch_size)
     snapshots = Snapshots(list(cfg.snapshots or []), lambda step: write(out / "snapshots" / f"step_{step:07d}", step))
     grids = SampleGrids(out, val, cfg.images.every_n_steps, cfg.images.count, cfg.images.steps, cfg.seed)
-    trainer = fit(cfg, module, loader, out, callbacks=[throughput, snapshots, grids, LossPlot(out)], loggers=loggers,
-                  name="train-ldm")
-    skipped = write_skips(dataset, out)
-    if not trainer.is_global_zero:
-        return
-    speed = {"train_samples_per_s": round(throughput.samples_per_s, 3)} if throughput.samples_per_s else {}
-    meta = write(out, trainer.global_step, {**speed, **({"skipped_samples": skipped["skipped"]} if skipped else {})})
-    console.print(f"LDM ({type(cond).__name__}, {trainer.global_step} steps) -> {out}  (hash {meta['hash']})")
+    trainer = fit(cfg, write.module, loader, out, callbacks=[throughput, snapshots, grids, LossPlot(out)],
+                  loggers=loggers, name="train-ldm")
+    return trainer, throughput
+
+
+def _write_final(write: _ModelDirWriter, out: Path, steps: int, samples_per_s: float | None,
+                 skipped: dict | None) -> None:
+    """The run's own model dir (training speed and skipped samples in its meta) and the line saying so."""
+    speed = {"train_samples_per_s": round(samples_per_s, 3)} if samples_per_s else {}
+    meta = write(out, steps, {**speed, **({"skipped_samples": skipped["skipped"]} if skipped else {})})
+    console.print(f"LDM ({type(write.module.ldm.cond).__name__}, {steps} steps) -> {out}  (hash {meta['hash']})")
 
 
 def _val_split(cfg: DictConfig):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+
+from ldmkit.training.optim import OptimizerFactory, ScheduleFactory
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -15,10 +19,14 @@ class AutoencoderModule(pl.LightningModule):
     checkpoints, logs and the progress all count training steps.
     """
 
-    def __init__(self, ae: nn.Module, loss: nn.Module, lr: float = 5e-4, betas: tuple = (0.5, 0.9)) -> None:
+    def __init__(self, ae: nn.Module, loss: nn.Module, optimizer: OptimizerFactory | None = None,
+                 lr_schedule: ScheduleFactory | None = None, *, lr: float = 5e-4, betas: tuple = (0.5, 0.9)) -> None:
+        """``optimizer(params)`` builds each of the two optimisers (train-ae passes the ``optim=`` partial; None:
+        fused Adam with ``lr`` and ``betas``, as train-ae's default); ``lr_schedule(optimizer)`` their schedules."""
         super().__init__()
         self.ae, self.loss = ae, loss
-        self.lr, self.betas = lr, tuple(betas)
+        self.optimizer = optimizer or partial(torch.optim.Adam, lr=lr, betas=tuple(betas), fused=True)
+        self.lr_schedule = lr_schedule
         self.automatic_optimization = False
         self.strict_loading = False  # the frozen LPIPS network is left out of checkpoints
 
@@ -39,6 +47,7 @@ class AutoencoderModule(pl.LightningModule):
         opt_ae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_ae.step()  # the LightningOptimizer: advances global_step
+        self._step_schedule(0)
         if self.loss.gan_active(step):
             logs.update(self._discriminator_update(x, rec, step))
         logs["step"] = torch.tensor(float(step + 1))
@@ -53,12 +62,23 @@ class AutoencoderModule(pl.LightningModule):
         d_loss, logs = self.loss.discriminator_loss(x, rec, step)
         self.manual_backward(d_loss)
         self.trainer.strategy.optimizer_step(opt_d, closure=lambda: None)
+        self._step_schedule(1)
         return logs
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Adam over the autoencoder and, if present, Adam over the discriminator (CompVis betas (0.5, 0.9))."""
-        opts = [torch.optim.Adam(self.ae.parameters(), lr=self.lr, betas=self.betas, fused=True)]
+    def _step_schedule(self, index: int) -> None:
+        """Step the rate schedule of optimiser ``index`` (0 autoencoder, 1 discriminator), if there is one: each
+        follows its own optimiser's updates (the discriminator's start at ``loss.disc_start``)."""
+        if self.lr_schedule is not None:
+            schedules = self.lr_schedulers()
+            (schedules if isinstance(schedules, list) else [schedules])[index].step()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer] | tuple[list, list]:
+        """The optimiser of the autoencoder and, if present, of the discriminator (the same ``optim`` settings);
+        with a schedule, one per optimiser (stepped in :meth:`training_step`)."""
+        params = [self.ae.parameters()]
         if self.loss.discriminator is not None:
-            opts.append(torch.optim.Adam(self.loss.discriminator.parameters(), lr=self.lr, betas=self.betas,
-                                         fused=True))
-        return opts
+            params.append(self.loss.discriminator.parameters())
+        opts = [self.optimizer(p) for p in params]
+        if self.lr_schedule is None:
+            return opts
+        return opts, [self.lr_schedule(opt) for opt in opts]

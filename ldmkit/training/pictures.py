@@ -98,7 +98,7 @@ class _Grids(pl.Callback, ABC):
         self.written = step
         drawn = self.draw(pl_module, self.items or [])
         if drawn is not None:
-            from ldmkit.tasks.common import save_grid
+            from ldmkit.images import save_grid
 
             images, nrow = drawn
             save_grid(images, self.folder / f"{self.prefix}_step_{step}.png", nrow=nrow)
@@ -238,7 +238,7 @@ class LossPlot(pl.Callback):
         """Plot every logged ``train/*`` series, or say why there is no plot."""
         if not trainer.is_global_zero:
             return
-        from ldmkit.tasks.common import console
+        from ldmkit.console import console
 
         for logger in trainer.loggers:
             logger.save()

@@ -164,7 +164,7 @@ class Resumable(pl.Callback):
             pass
         self.epoch, self.batches = epoch, batches
         if batches and not start_mid_epoch(self.loader, epoch, batches):
-            from ldmkit.tasks.common import console
+            from ldmkit.console import console
 
             console.print(f"resume: this dataset cannot skip the {batches} batches already read in epoch {epoch}; "
                           "it restarts the stream")

@@ -100,20 +100,40 @@ def extra_loggers(makers: Any, run_dir: Path) -> list:
     return loggers
 
 
+class _DropTips:
+    """A logging filter dropping Lightning's advertising lines ("Tip: ... try installing litlogger")."""
+
+    def filter(self, record) -> bool:
+        """Keep every record but the tips."""
+        return "Tip:" not in str(record.getMessage())
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning prints on every run that says nothing about this run."""
+    import logging
+
+    # its INFO line "weights_only was not set" is about what a checkpoint holds (everything): not news
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+    # Lightning cannot see that Resumable restarts the loader mid-epoch: its warning would be wrong
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    # the frozen first stage (and a frozen text encoder) are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning's own use of torch's LeafSpec (deprecated in torch, not in anything ldmkit calls)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+
+
 def make_trainer(trainer_cfg: dict[str, Any], run_dir: Path, callbacks: list | None = None,
                  resumed_logs: tuple[int, dict | None] | None = None, loggers: list | None = None,
                  name: str = "train") -> pl.Trainer:
     """A Trainer from ``trainer.*`` keys: logs in ``run_dir/logs`` (+ ``loggers``), atomic checkpoint writes (the
     :class:`Resumable` callback decides when), non-finite losses stop it; progress named ``name`` (a rich bar on a
     terminal, plain lines off one)."""
-    import logging
-
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    # its INFO line "weights_only was not set" is about what a checkpoint holds (everything): not news
-    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
-    # Lightning cannot see that Resumable restarts the loader mid-epoch: its warning would be wrong
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    quiet_lightning()
     bar = progress_bar(trainer_cfg, name)
     try:
         return pl.Trainer(
@@ -162,6 +182,6 @@ def fit(cfg: Any, module: pl.LightningModule, loader: DataLoader, run_dir: Path,
 def _say(trainer: pl.Trainer, text: str) -> None:
     """One line on stderr from rank 0."""
     if trainer.is_global_zero:
-        from ldmkit.tasks.common import console
+        from ldmkit.console import console
 
         console.print(text)

@@ -51,3 +51,4 @@ def test_missing_inception_weights_names_the_file(tmp_path):
                    f"out={tmp_path}/e", check=False)
     assert proc.returncode == 2
     assert "none.pth does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert "on_missing_weights=skip" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from ldmkit import configdoc, configdoc_md
+from ldmkit import configdoc
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -149,19 +149,8 @@ def test_reader_matches_pyyaml():
             assert isinstance(value, dict) if e.mapping else yaml.safe_load(e.default) == value, (path, e.key)
 
 
-def test_reader_keeps_comments_and_rejects_what_it_cannot_read():
-    parsed = configdoc.parse_yaml("# head\n# @package _global_\na:  # a map\n  b: 'x # y'  # the b\n"
-                                  "             # more on b\n  c: [1,\n     2]\nd:\n  - one\n")
-    assert parsed.header == ["head"] and parsed.package == "_global_"
-    assert [(n.key, n.value, n.comment, n.items) for n in parsed.nodes] == [
-        ("a", "", ["a map"], []), ("a.b", "'x # y'", ["the b", "more on b"], []), ("a.c", "[1, 2]", [], []),
-        ("d", "", [], ["one"])]
-    with pytest.raises(configdoc.ConfigDocError, match="x.yaml:1"):
-        configdoc.parse_yaml("a: |\n  text\n", "x.yaml")
-
-
 def test_docs_config_is_up_to_date_and_has_every_key():
-    pages = configdoc_md.markdown_pages(configdoc.load_catalog())
+    pages = configdoc.markdown_pages(configdoc.load_catalog())
     stale = [rel for rel, text in pages.items() if not (DOCS / rel).is_file() or (DOCS / rel).read_text() != text]
     extra = [p.relative_to(DOCS).as_posix() for p in (DOCS / configdoc.DOCS_SUBDIR).rglob("*.md")
              if p.relative_to(DOCS).as_posix() not in pages]

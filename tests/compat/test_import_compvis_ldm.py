@@ -11,10 +11,10 @@ import yaml
 from conftest import compat_entries, run_cli
 
 import ldmkit
+from ldmkit.diffusion.cond import Cond
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.models.autoencoder import AutoencoderKL
-from ldmkit.models.conditioners import Cond
 from ldmkit.models.unet import UNetModel
 from ldmkit.tasks.import_compvis import import_ldm
 

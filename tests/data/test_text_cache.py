@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _clip(tiny_clip, **kw) -> ClipConditioner:
     _, config, weights = tiny_clip
-    return ClipConditioner(model=str(config), weights=str(weights), **kw)
+    return ClipConditioner.from_files(model=str(config), weights=str(weights), **kw)
 
 
 def test_cached_states_give_the_same_conditioning(tiny_clip):

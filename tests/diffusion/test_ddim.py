@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from ldmkit.diffusion.guidance import cfg_denoiser
+from ldmkit.diffusion.cond import Cond
+from ldmkit.diffusion.guidance import guided_eps
 from ldmkit.diffusion.samplers import ddim_timesteps, sample_ddim
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import Cond
 
 SCHED = NoiseSchedule("linear", 1000, 0.0015, 0.0195)
 
@@ -63,13 +63,13 @@ def test_classifier_free_guidance_combination():
         return x * 0 + cond.context.view(-1, 1, 1, 1)
 
     calls = []
-    guided = cfg_denoiser(eps_fn, 3.0)
+    guided = guided_eps(eps_fn, 3.0)
     x, t = torch.zeros(2, 1, 2, 2), torch.tensor([5, 5])
     cond = Cond(torch.tensor([2.0, 4.0]))
     uncond = Cond(torch.tensor([1.0, 1.0]))
     out = guided(x, t, cond, uncond)
     torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([1 + 3 * (2 - 1.0), 1 + 3 * (4 - 1.0)]))
-    torch.testing.assert_close(cfg_denoiser(eps_fn, 1.0)(x, t, cond, uncond)[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(guided_eps(eps_fn, 1.0)(x, t, cond, uncond)[:, 0, 0, 0], torch.tensor([2.0, 4.0]))
     assert calls == [4, 2]  # one batched pass with guidance, one conditional pass at scale 1
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ldmkit.diffusion.objectives import min_snr_weight, snr, target, to_eps, to_x0
 from ldmkit.diffusion.schedule import NoiseSchedule
+from ldmkit.errors import UserError
 
 SCHED = NoiseSchedule("linear", 1000, 0.0015, 0.0195)
 
@@ -43,5 +44,5 @@ def test_min_snr_weights():
     torch.testing.assert_close(min_snr_weight("eps", SCHED, t, 5.0), torch.stack([5 / s[0], torch.tensor(1.0)]))
     torch.testing.assert_close(min_snr_weight("v", SCHED, t, 5.0), torch.stack([5 / (s[0] + 1), s[1] / (s[1] + 1)]))
     torch.testing.assert_close(min_snr_weight("x0", SCHED, t, 5.0), torch.stack([torch.tensor(5.0), s[1]]))
-    with pytest.raises(ValueError, match="eps, v, x0"):
+    with pytest.raises(UserError, match="eps, v, x0"):
         target("score", SCHED, torch.zeros(1), torch.zeros(1), torch.tensor([0]))

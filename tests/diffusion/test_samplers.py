@@ -195,3 +195,46 @@ def test_img2img_strength_is_checked_and_counts_steps_as_compvis():
         with pytest.raises(UserError, match="strength=.*: must be a number in \\[0, 1\\]"):
             get_sampler("ddim")(gaussian_eps, torch.zeros(1, 1, 1, 1), SCHED, steps=10,
                                 init=torch.zeros(1, 1, 1, 1), strength=bad)
+
+
+# --- what every sampler reports and checks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m"])
+def test_every_sampler_reports_the_same_step_info(name):
+    from ldmkit.diffusion.k_samplers import sigma_to_t
+
+    infos = []
+    get_sampler(name)(gaussian_eps, torch.zeros(2, 1, 2, 2), SCHED, steps=10, callback=infos.append,
+                      generator=torch.Generator().manual_seed(0))
+    assert [info["i"] for info in infos] == list(range(10)) and {info["total"] for info in infos} == {10}
+    assert all(set(info) == {"i", "total", "x", "denoised", "t", "sigma"} for info in infos)
+    t = [info["t"] for info in infos]
+    sigma = torch.tensor([info["sigma"] for info in infos], dtype=torch.float64)
+    assert (sigma.diff() < 0).all()  # from noise down to the data
+    if name in ("ddpm", "ddim", "plms"):  # a discrete sampler's σ is that of its trained timestep
+        assert all(isinstance(v, int) for v in t) and torch.equal(sigma, model_sigmas(SCHED)[t])
+    else:  # a σ-space sampler's t is where it calls the model
+        assert torch.equal(torch.tensor(t, dtype=torch.float64), sigma_to_t(sigma, model_sigmas(SCHED)))
+
+
+def test_check_sampler_applies_the_rule_a_sampler_declares():
+    from functools import partial
+
+    from ldmkit.diffusion.k_samplers import sample_euler
+    from ldmkit.diffusion.samplers import check_sampler, check_steps, sample_ddim, sample_ddpm, steps_rule
+
+    @steps_rule(lambda steps, num_timesteps, options: check_steps(steps, num_timesteps // 100))
+    def declared(model, x, schedule, steps=20, eta=0.0):
+        return x
+
+    def undeclared(model, x, schedule, steps=0):
+        return x
+
+    check_sampler(partial(sample_euler, steps=2000), 1000)  # σ-space: any count from 1
+    for sampler, error in [(declared, "sampler.steps must be in 1..10, got 20"), (undeclared, "must be >= 1, got 0"),
+                           (partial(declared, steps=5, eta=-1), "sampler.eta=-1: must be a finite number >= 0"),
+                           (partial(sample_ddpm, steps=2000), "in 1..1000, got 2000"),
+                           (partial(sample_ddim, steps=3), "pick a divisor of 1000"),
+                           (partial(sample_ddim, steps=2.5), "sampler.steps=2.5: must be a whole number")]:
+        with pytest.raises(UserError, match=error):
+            check_sampler(sampler, 1000)

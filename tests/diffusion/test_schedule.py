@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ldmkit.diffusion.schedule import NoiseSchedule, make_betas
+from ldmkit.errors import UserError
 
 
 def test_linear_is_compvis_scaled_linear():
@@ -32,7 +33,7 @@ def test_sqrt_linear_sqrt_and_cosine():
 
 
 def test_unknown_schedule_names_choices():
-    with pytest.raises(ValueError, match="linear, cosine, sqrt_linear, sqrt"):
+    with pytest.raises(UserError, match="linear, cosine, sqrt_linear, sqrt"):
         make_betas("quadratic", 10)
 
 

@@ -62,12 +62,12 @@ CONFIG_ONLY = [
     (r"https?://|\bpipe:|\bs3://", "reads from the network"),
     (r"cond=clip\b|cond\.weights=", "needs OpenCLIP weights"),
     (r"ldmkit f-study", "an f-study trains and evaluates one LDM per f: minutes even at toy size "
-                        "(tests/evaluation/test_f_study.py runs the toy study through the CLI)"),
+                        "(tests/tasks/test_f_study.py runs the toy study through the CLI)"),
     (r"ldmkit (info|report) runs/f-study-toy", "reads the toy f-study above"),
     (r"--samples (\d{5,})", "a paper-size evaluation"),
     (r"loggers\.WandbLogger", "needs the wandb package and an account"),
     (r"trainer=ddp", "starts a process per device (tests/training/test_ddp.py trains with DDP on CPU)"),
-    (r"--workers [2-9]", "starts worker processes (tests/data/test_encode_resume.py runs --workers)"),
+    (r"--workers [2-9]", "starts worker processes (tests/tasks/test_encode_resume.py runs --workers)"),
     (r"vgg16-397923af\.pth", "needs torchvision's VGG16 weights (528 MB)"),
     (r"speed\.compile=true", "compiling takes a minute (tests/test_speed.py checks compiled = eager outputs)"),
     (r"\bexperiment=", "a paper-size model (tests/test_paper_presets.py builds each on the meta device)"),
@@ -146,7 +146,7 @@ class DocsRun:
                 elif info == "python":
                     self.run_python(page, lineno, body)
             self.done[page] = None
-        except BaseException as exc:  # noqa: BLE001 - recorded for the pages that depend on this one
+        except BaseException as exc:  # recorded for the pages that depend on this one
             self.done[page] = exc
 
     @contextlib.contextmanager
@@ -166,8 +166,8 @@ class DocsRun:
         start = time.perf_counter()
         with self.environment():
             try:
-                exec(compile(body, f"{page}:{lineno}", "exec"), {"__name__": "__docs__"})  # noqa: S102
-            except Exception as exc:  # noqa: BLE001
+                exec(compile(body, f"{page}:{lineno}", "exec"), {"__name__": "__docs__"})
+            except Exception as exc:
                 pytest.fail(f"{page}:{lineno}: the python block failed: {type(exc).__name__}: {exc}")
         self.log.append(Outcome(page, f"python block at line {lineno}", "python", time.perf_counter() - start))
 

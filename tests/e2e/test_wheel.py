@@ -21,3 +21,13 @@ def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(target)}, check=True).stdout.splitlines()
     assert out[0] == str(target / "ldmkit" / "__init__.py") and out[1] == str(target / "ldmkit" / "conf")
     assert "  _target_: ldmkit.models.conditioners.ClassConditioner" in out
+
+
+def test_every_config_group_folder_is_a_listed_package():
+    """setuptools ships (and stays quiet about) each conf/ group folder only when pyproject lists it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    packages = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {f"ldmkit.conf.{p.name}" for p in (root / "conf").iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
+    assert folders <= packages, sorted(folders - packages)

@@ -11,12 +11,13 @@ from torch.utils.data import default_collate
 
 import ldmkit
 from ldmkit.data.shapes import NUM_CLASSES, ShapesDataset
+from ldmkit.diffusion.cond import resize_to
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.concat_conditioners import InpaintConditioner, SemanticConditioner, SRConditioner
 from ldmkit.models.conditioners import MultiConditioner, TextConditioner
 from ldmkit.models.first_stage import FirstStage
-from ldmkit.models.ldm import LatentDiffusion, resize_to
+from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.models.unet import UNetModel
 from ldmkit.training.ldm_module import LDMModule
 

@@ -2,15 +2,8 @@
 
 import torch
 
-from ldmkit.models.conditioners import (
-    ClassConditioner,
-    Cond,
-    MultiConditioner,
-    NoConditioner,
-    TextConditioner,
-    cat_batch,
-    merge,
-)
+from ldmkit.diffusion.cond import Cond, cat_batch, merge
+from ldmkit.models.conditioners import ClassConditioner, MultiConditioner, NoConditioner, TextConditioner
 
 
 def test_text_conditioner_tokens_and_mask():

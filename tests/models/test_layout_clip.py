@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from ldmkit.data.shapes import ShapesDataset
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
 from ldmkit.models.autoencoder import AutoencoderKL
-from ldmkit.models.clip_conditioner import ClipConditioner
+from ldmkit.models.clip_conditioner import ClipConditioner, ClipTextTower
 from ldmkit.models.first_stage import FirstStage
 from ldmkit.models.layout_conditioner import LayoutConditioner
 from ldmkit.models.ldm import LatentDiffusion
@@ -130,7 +131,7 @@ def test_layout_dropout_rate_drops_whole_layouts():
 @pytest.mark.parametrize("layer", ["last", "penultimate"])
 def test_clip_matches_open_clip_and_is_frozen(tiny_clip, layer):
     model, config, weights = tiny_clip
-    cond = ClipConditioner(model=str(config), weights=str(weights), layer=layer, drop_prob=0.0)
+    cond = ClipConditioner.from_files(model=str(config), weights=str(weights), layer=layer, drop_prob=0.0)
     captions = ["a small red circle left of a blue square", ""]
     out = cond(captions)
     assert out.context.shape == (2, 77, 64) and cond.width == cond.context_dim == 64
@@ -144,7 +145,7 @@ def test_clip_matches_open_clip_and_is_frozen(tiny_clip, layer):
     assert cond.training and not cond.tower.training
     assert not hasattr(cond.tower, "visual") and cond.tower.text_projection is None  # text tower only
     # a shorter context: positions sliced, states of the real tokens are unchanged (causal attention)
-    short = ClipConditioner(model=str(config), weights=str(weights), layer=layer, context_length=16)
+    short = ClipConditioner.from_files(model=str(config), weights=str(weights), layer=layer, context_length=16)
     torch.testing.assert_close(short(captions).context, out.context[:, :16])
 
 
@@ -152,8 +153,8 @@ def test_clip_loads_torch_files_and_mask_keeps_token_zero(tiny_clip, tmp_path):
     model, config, weights = tiny_clip
     path = tmp_path / "wrapped.bin"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    cond = ClipConditioner(model=str(config), weights=str(path), layer="last")
-    ref = ClipConditioner(model=str(config), weights=str(weights), layer="last")
+    cond = ClipConditioner.from_files(model=str(config), weights=str(path), layer="last")
+    ref = ClipConditioner.from_files(model=str(config), weights=str(weights), layer="last")
     torch.testing.assert_close(cond(["hello"]).context, ref(["hello"]).context)
     out = cond(["!% ok"])  # '!' (not word-final) is BPE id 0: still a real token
     assert cond.tokenize(["!% ok"])[0].tolist()[:5] == [49406, 0, 260, 2481, 49407] and out.mask.sum().item() == 5
@@ -162,24 +163,54 @@ def test_clip_loads_torch_files_and_mask_keeps_token_zero(tiny_clip, tmp_path):
 def test_clip_user_errors(tiny_clip, tmp_path):
     _, config, weights = tiny_clip
     with pytest.raises(UserError) as exc:
-        ClipConditioner(model=str(config), weights=str(tmp_path / "nope.safetensors"))
+        ClipConditioner.from_files(model=str(config), weights=str(tmp_path / "nope.safetensors"))
     msg = str(exc.value)
     assert "nope.safetensors" in msg and "cond.weights=PATH" in msg and "\n" not in msg
     with pytest.raises(UserError, match="cond.weights is not set"):
-        ClipConditioner(model=str(config), weights=None)
+        ClipConditioner.from_files(model=str(config), weights=None)
     with pytest.raises(UserError, match="laion2b_s34b_b79k"):  # a hub tag is just a missing file
-        ClipConditioner(model="ViT-B-32", weights="laion2b_s34b_b79k")
+        ClipConditioner.from_files(model="ViT-B-32", weights="laion2b_s34b_b79k")
     with pytest.raises(UserError, match="ViT-Nope-99 is not an open_clip model name") as exc:
-        ClipConditioner(model="ViT-Nope-99", weights=str(weights))
+        ClipConditioner.from_files(model="ViT-Nope-99", weights=str(weights))
     assert "\n" not in str(exc.value)
     with pytest.raises(UserError, match="hub"):
-        ClipConditioner(model="hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K", weights=str(weights))
+        ClipConditioner.from_files(model="hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K", weights=str(weights))
     with pytest.raises(UserError, match="does not fit"):  # ViT-B-32 is 512 wide: the tiny weights do not fit
-        ClipConditioner(model="ViT-B-32", weights=str(weights))
+        ClipConditioner.from_files(model="ViT-B-32", weights=str(weights))
     with pytest.raises(UserError, match="set cond.width=64"):
-        ClipConditioner(model=str(config), weights=str(weights), width=1024)
+        ClipConditioner.from_files(model=str(config), weights=str(weights), width=1024)
     with pytest.raises(UserError, match="layer"):
-        ClipConditioner(model=str(config), weights=str(weights), layer="middle")
+        ClipConditioner.from_files(model=str(config), weights=str(weights), layer="middle")
+
+
+def test_clip_old_model_dir_config_and_a_built_tower(tiny_clip, tmp_path):
+    """config.yaml of model dirs written before from_files targets the class with model=/weights=: it still
+    builds the same conditioner; a ClipTextTower built in memory needs no file at all."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ldmkit.runner import conf_dir
+
+    _, config, weights = tiny_clip
+    settings = dict(layer="last", context_length=77, width=64, key="caption", drop_prob=0.1)
+    shipped = OmegaConf.load(Path(conf_dir()) / "cond" / "clip.yaml").cond
+    new = instantiate(shipped, model=str(config), weights=str(weights), **settings)
+    old = instantiate({"_target_": "ldmkit.models.clip_conditioner.ClipConditioner", "model": str(config),
+                       "weights": str(weights), **settings})
+    assert type(old) is type(new) is ClipConditioner
+    assert old.state_dict().keys() == new.state_dict().keys()
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    assert old.fingerprint == new.fingerprint
+    text = ClipTextTower.from_config(json.loads(config.read_text()), "tiny")
+    text.tower.load_state_dict(new.tower.state_dict())
+    built = ClipConditioner(text, **settings)
+    torch.testing.assert_close(built(["a red circle"]).context, new(["a red circle"]).context)
+    with pytest.raises(TypeError, match="weights="):
+        ClipConditioner(text, weights=str(weights))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")  # the settings are checked before the weights are read
+    with pytest.raises(UserError, match="set cond.width=64"):
+        ClipConditioner.from_files(model=str(config), weights=str(junk), width=1024)
 
 
 # ---------------------------------------------------------------- training
@@ -212,7 +243,7 @@ def test_layout_ldm_training_step_learns():
 def test_clip_ldm_training_step_learns_and_tower_stays_frozen(tiny_clip):
     _, config, weights = tiny_clip
     torch.manual_seed(0)
-    ldm = tiny_ldm(ClipConditioner(model=str(config), weights=str(weights), drop_prob=0.1))
+    ldm = tiny_ldm(ClipConditioner.from_files(model=str(config), weights=str(weights), drop_prob=0.1))
     before = {k: v.clone() for k, v in ldm.cond.state_dict().items()}
     losses, opt = _train(ldm, shapes_batch())
     assert sum(losses[-5:]) < sum(losses[:5])

@@ -12,7 +12,7 @@ from conftest import compat_entries
 from torch import nn
 
 from ldmkit.models.attention import AttentionBlock, BasicTransformerBlock, CrossAttention
-from ldmkit.models.unet import UNetModel, timestep_embedding
+from ldmkit.models.unet import UNetModel, attention_heads, timestep_embedding
 
 FIXTURES = Path(__file__).parents[1] / "fixtures/compat"
 
@@ -126,6 +126,21 @@ def test_head_counts_follow_compvis():
     assert unet.input_blocks[3][1].num_heads == 2 and unet.output_blocks[1][1].num_heads == 2
     unet = UNetModel(**dict(UNCOND_KWARGS, num_heads=-1, num_head_channels=16))
     assert unet.middle_block[1].num_heads == 4
+
+
+@pytest.mark.parametrize(
+    ("ch", "num_heads", "num_head_channels", "legacy", "spatial", "expected"),
+    [
+        (64, 4, -1, True, True, (4, 16)),  # fixed heads: width ch // heads
+        (64, 4, -1, True, False, (4, -1)),  # legacy AttentionBlock gets num_head_channels as given
+        (64, 4, -1, False, False, (4, 16)),
+        (64, -1, 16, True, True, (4, 16)),  # heads of num_head_channels each
+        (96, 8, 32, False, False, (3, 32)),  # num_head_channels wins over num_heads
+        (128, 8, 32, True, False, (4, 32)),
+    ],
+)
+def test_attention_heads_rule(ch, num_heads, num_head_channels, legacy, spatial, expected):
+    assert attention_heads(ch, num_heads, num_head_channels, legacy=legacy, spatial=spatial) == expected
 
 
 def test_invalid_configurations_raise():

@@ -16,12 +16,12 @@ from ldmkit.diffusion.k_samplers import sample_dpmpp_2m, sample_euler_ancestral
 from ldmkit.diffusion.samplers import sample_ddim, sample_ddpm
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
+from ldmkit.images import to_uint8
 from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.conditioners import ClassConditioner, NoConditioner
 from ldmkit.models.first_stage import FirstStage
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.models.unet import UNetModel
-from ldmkit.tasks.common import to_uint8
 from ldmkit.tasks.inputs import Requests, init_image_requests, read_init_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,20 +1,16 @@
 """Plain-text pages of the config reference (``ldmkit COMMAND --help``, ``ldmkit configs [NAME]``), rendered from the
-catalog that :mod:`ldmkit.configdoc` reads from ``conf/``. Standard library only (the CLI imports it for --help)."""
+:class:`~ldmkit.configdoc.catalog.Catalog`. Standard library only (the CLI imports it for --help)."""
 
 from __future__ import annotations
 
 import shutil
 import textwrap
+from typing import TYPE_CHECKING
 
-from ldmkit.configdoc import (
-    Catalog,
-    ConfigFile,
-    Entry,
-    command_entries,
-    command_name,
-    group_keys,
-    group_note,
-)
+from ldmkit.configdoc.catalog import command_entries, command_name, defaults_text, group_keys, group_note
+
+if TYPE_CHECKING:  # annotations only
+    from ldmkit.configdoc.catalog import Catalog, ConfigFile, Entry
 
 
 def _width() -> int:
@@ -62,16 +58,6 @@ def group_text(catalog: Catalog, group: str, width: int | None = None) -> list[s
         lines += [f"    defaults: {defaults_text(cfg)}"] if cfg.defaults else []
         lines += _rows(list(cfg.entries), "    ", width)
     return lines
-
-
-def defaults_text(cfg: ConfigFile) -> str:
-    items = []
-    for d in cfg.defaults:
-        if not d.group:
-            items.append(d.option if d.option == "_self_" or not cfg.group else f"{cfg.group}/{d.option}")
-        else:
-            items.append(f"{'override ' if d.override else ''}{d.group}={d.option}")
-    return ", ".join(items)
 
 
 def config_text(catalog: Catalog, cfg: ConfigFile, width: int | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ldmkit.data.shapes import ShapesDataset
 from ldmkit.evaluation.features import FeatureSet, InceptionFeatures, compute_metrics
-from ldmkit.tasks.common import to_uint8
+from ldmkit.images import to_uint8
 
 N = 16
 

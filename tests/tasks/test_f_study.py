@@ -73,9 +73,9 @@ def test_a_sweep_is_checked_before_its_first_job(tmp_path):
 def test_a_kept_step_is_keyed_by_all_its_arguments(tmp_path):
     """Output of the same command, arguments and input is kept; other arguments (or another input) run the step
     again, saying why, into a fresh output dir (no stale checkpoint to resume)."""
+    from ldmkit.console import console
     from ldmkit.errors import UserError
     from ldmkit.progress import Tracker
-    from ldmkit.tasks.common import console
     from ldmkit.tasks.f_study import StudyProgress, ldmkit_step, rerun_reason
 
     job = tmp_path / "0_f4"

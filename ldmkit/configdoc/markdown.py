@@ -1,26 +1,28 @@
 """Markdown pages of the config reference (``docs/config/<group>.md``, ``docs/config/commands/<command>.md``),
-rendered from the catalog that :mod:`ldmkit.configdoc` reads from ``conf/``."""
+rendered from the :class:`~ldmkit.configdoc.catalog.Catalog`; ``python -m ldmkit.configdoc DOCS`` writes them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ldmkit.configdoc import (
-    COMMANDS_SUBDIR,
-    DOCS_SUBDIR,
-    GENERATED,
+from ldmkit.configdoc.catalog import (
     Catalog,
-    ConfigDocError,
     ConfigFile,
     Entry,
     command_entries,
     command_name,
+    defaults_text,
     group_keys,
     group_note,
     load_catalog,
 )
-from ldmkit.configdoc_text import defaults_text
+from ldmkit.configdoc.yaml_comments import ConfigDocError
+
+DOCS_SUBDIR = "config"  # python -m ldmkit.configdoc DOCS writes DOCS/config/
+COMMANDS_SUBDIR = "commands"  # ... and DOCS/config/commands/<command>.md
+GENERATED = ("<!-- Generated from conf/ by `python -m ldmkit.configdoc docs/`: "
+             "edit the YAML comments, not this page. -->")
 
 
 def _cell(text: str) -> str:
