@@ -26,20 +26,26 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
 
 def ldmkit_inprocess(args: list[str]) -> tuple[int, str]:
     """Run ``ldmkit ARGS`` in this process (no interpreter start-up): its exit code and its output."""
+    code, out, err = ldmkit_inprocess_streams(args)
+    return code, out + err
+
+
+def ldmkit_inprocess_streams(args: list[str]) -> tuple[int, str, str]:
+    """Run ``ldmkit ARGS`` in this process: its exit code, its stdout and its stderr."""
     import contextlib
     import io
 
     from ldmkit.cli import app
 
-    sink, argv = io.StringIO(), sys.argv
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = app(args, prog_name="ldmkit", standalone_mode=False)
         except SystemExit as exc:
             code = exc.code
         finally:
             sys.argv = argv
-    return (code if isinstance(code, int) else 0 if code is None else 1), sink.getvalue()
+    return (code if isinstance(code, int) else 0 if code is None else 1), out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ldmkit.errors import UserError
 from ldmkit.models.attention import AttentionBlock, GroupNorm32, SpatialTransformer, zero_module
 
 __all__ = [
@@ -210,13 +211,17 @@ class UNetBuilder:
     def __post_init__(self) -> None:
         """Refuse settings CompVis would build into a broken or half-used UNet."""
         if self.use_spatial_transformer and self.context_dim is None:
-            raise ValueError("use_spatial_transformer=True needs context_dim (the conditioning width)")
+            raise UserError("use_spatial_transformer=True needs context_dim (the conditioning width)")
         if self.context_dim is not None and not self.use_spatial_transformer:
-            raise ValueError("context_dim is set but use_spatial_transformer=False (the context would be unused)")
+            raise UserError("context_dim is set but use_spatial_transformer=False (the context would be unused)")
         if self.num_heads == -1 and self.num_head_channels == -1:
-            raise ValueError("either num_heads or num_head_channels has to be set")
+            raise UserError("either num_heads or num_head_channels has to be set")
         if self.num_res_blocks < 1 or not self.channel_mult:
-            raise ValueError("need num_res_blocks >= 1 and at least one channel_mult level")
+            raise UserError("need num_res_blocks >= 1 and at least one channel_mult level")
+        widths = [self.model_channels, *(self.model_channels * m for m in self.channel_mult)]
+        if any(w % 32 for w in widths):
+            raise UserError(f"unet.model_channels={self.model_channels} with channel_mult={list(self.channel_mult)} "
+                            f"gives {widths[1:]} channels: the GroupNorm(32) layers need multiples of 32")
 
     def resblock(self, ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
         """A ResBlock with the model-wide settings."""

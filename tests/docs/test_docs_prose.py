@@ -44,10 +44,12 @@ def vocabulary() -> tuple[set[str], dict[str, set[str]]]:
     keys: set[str] = set()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf), version_base="1.3"):
+        done: set[str] = set()  # a group's options add the same keys whichever command composes them
         for task in TASKS:
             base = compose(task, return_hydra_config=False)
             keys |= _paths(OmegaConf.to_container(base, resolve=False))
-            used = {g for g in groups if f"- {g}:" in (conf / f"{task}.yaml").read_text()}
+            used = {g for g in groups if f"- {g}:" in (conf / f"{task}.yaml").read_text()} - done
+            done |= used
             for group in used:
                 for option in groups[group]:
                     value = f"'{option}'" if option.isdigit() else option

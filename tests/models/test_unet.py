@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import compat_entries
 from torch import nn
 
+from ldmkit.errors import UserError
 from ldmkit.models.attention import AttentionBlock, BasicTransformerBlock, CrossAttention
 from ldmkit.models.unet import UNetModel, attention_heads, timestep_embedding
 
@@ -144,12 +145,14 @@ def test_attention_heads_rule(ch, num_heads, num_head_channels, legacy, spatial,
 
 
 def test_invalid_configurations_raise():
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         UNetModel(**dict(UNCOND_KWARGS, context_dim=8))  # context without a spatial transformer
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         UNetModel(**dict(CROSSATTN_KWARGS, context_dim=None))
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         UNetModel(**dict(UNCOND_KWARGS, num_heads=-1))
+    with pytest.raises(UserError, match=r"model_channels=16 .* multiples of 32"):
+        UNetModel(**dict(UNCOND_KWARGS, model_channels=16))
 
 
 # ---------------------------------------------------------------- UNet behaviour

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import ldmkit_inprocess, run_cli
 from PIL import Image
 
 from ldmkit.data.shapes import ShapesDataset
@@ -38,7 +38,8 @@ def folders(tmp_path_factory):
 
 
 def _eval(*args, out):
-    run_cli("eval-fid", *args, f"out={out}")
+    code, output = ldmkit_inprocess(["eval-fid", *args, f"out={out}"])  # in-process: no start-up per run
+    assert code == 0, output
     return json.loads((out / "metrics.json").read_text())
 
 
