@@ -64,13 +64,24 @@ def stack_same_size(tensors: list[Tensor], what: str) -> Tensor:
     return torch.stack(tensors)
 
 
+def pick(values: Any, indices: list[int]) -> Any:
+    """The samples at ``indices`` of conditioning values (a tensor, a list, or a dict of these)."""
+    if isinstance(values, dict):
+        return {k: pick(v, indices) for k, v in values.items()}
+    if isinstance(values, Tensor):
+        return values[indices]
+    return [values[i] for i in indices]
+
+
 def repeat_values(values: Any, n: int) -> Any:
     """Each sample of ``values`` repeated ``n`` times in a row (n samples per request)."""
-    if isinstance(values, dict):
-        return {k: repeat_values(v, n) for k, v in values.items()}
-    if isinstance(values, Tensor):
-        return values.repeat_interleave(n, dim=0)
-    return [v for v in values for _ in range(n)]
+    return pick(values, [i for i in range(num_values(values)) for _ in range(n)])
+
+
+def cycled_values(values: Any, start: int, count: int) -> Any:
+    """``count`` samples of ``values`` from ``start`` on, starting again from the first when they run out."""
+    size = num_values(values)
+    return pick(values, [(start + i) % size for i in range(count)])
 
 
 class Conditioner(nn.Module, ABC):

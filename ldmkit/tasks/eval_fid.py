@@ -38,7 +38,7 @@ from ldmkit.evaluation.features import (
 )
 from ldmkit.evaluation.fid import find_inception_weights
 from ldmkit.images import save_grid, save_png, to_uint8
-from ldmkit.models.conditioners import NoConditioner, take
+from ldmkit.models.conditioners import NoConditioner, cycled_values
 from ldmkit.progress import duration, track
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import run_dir
@@ -129,7 +129,7 @@ def _sample_stream(cfg: DictConfig, ldm, dataset, n: int, ckpt: Path) -> Iterato
         chunks = ((ldm.cond.values(b), None, len(b["image"])) for b in batches(cycled(dataset, n), cfg.batch_size))
     else:
         bank = stored_conditions(ldm, ckpt, n)
-        chunks = ((take(bank, a, a + count), None, count) for a, count in spans)
+        chunks = ((cycled_values(bank, a, count), None, count) for a, count in spans)  # a batch at a time
     feed, seen = tee(chunks)
     stream = generate_stream(ldm, feed, n, instantiate(cfg.sampler), guidance_scale(cfg.guidance, ldm.cond), cfg.seed,
                              label="eval-fid sampling")

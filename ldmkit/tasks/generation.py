@@ -14,7 +14,7 @@ from torch import Tensor
 from ldmkit.console import console
 from ldmkit.diffusion.samplers import check_sampler
 from ldmkit.errors import UserError
-from ldmkit.models.conditioners import NoConditioner, num_values, take
+from ldmkit.models.conditioners import NoConditioner, take
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.progress import Tracker
 
@@ -98,8 +98,9 @@ def _tensors(values: Any) -> list[Tensor]:
 
 
 def stored_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:
-    """``n`` conditions for a model given none: its model dir's validation conditions (cycled when fewer), else
-    (model dirs of older versions) its dataset's validation split; None if unconditional."""
+    """The conditions for a model given none (None if unconditional): its model dir's validation conditions (draw
+    them with :func:`~ldmkit.models.conditioners.cycled_values`), else (model dirs of older versions) ``n`` of its
+    dataset's validation split."""
     from ldmkit import modeldir
 
     if isinstance(ldm.cond, NoConditioner):
@@ -107,19 +108,7 @@ def stored_conditions(ldm: LatentDiffusion, model_dir: Path, n: int) -> Any:
     path = model_dir / modeldir.CONDITIONS
     if not path.is_file():
         return reference_values(source_dataset_cfg(model_dir), ldm.cond, n)
-    bank = modeldir.load_values(path)
-    size = num_values(bank)
-    return cat_values([take(bank, 0, min(size, n - a)) for a in range(0, n, size)])
-
-
-def cat_values(chunks: list[Any]) -> Any:
-    """Conditioning values chunks joined (tensors concatenated, lists extended, dicts key by key)."""
-    first = chunks[0]
-    if isinstance(first, dict):
-        return {k: cat_values([c[k] for c in chunks]) for k in first}
-    if isinstance(first, Tensor):
-        return torch.cat(chunks)
-    return [v for c in chunks for v in c]
+    return modeldir.load_values(path)
 
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only saturate the images

@@ -21,7 +21,7 @@ from ldmkit.diffusion.guidance import guidance_scale
 from ldmkit.diffusion.samplers import DEFAULT_STRENGTH, check_sampler, check_strength
 from ldmkit.errors import UserError, check_whole
 from ldmkit.images import save_grid, to_uint8
-from ldmkit.models.conditioners import num_values
+from ldmkit.models.conditioners import cycled_values, num_values
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.speed import Speed, for_sampling
 from ldmkit.tasks.common import run_dir
@@ -68,6 +68,7 @@ def reference_requests(ldm: LatentDiffusion, ckpt: Path, n: int) -> Requests | N
     values = stored_conditions(ldm, ckpt, n)
     if values is None:
         return None
+    values = cycled_values(values, 0, n)
     if isinstance(values, list) and all(isinstance(v, str) for v in values):
         described = [{"prompt": v, "reference": f"val[{i}]"} for i, v in enumerate(values)]
     elif isinstance(values, Tensor) and values.dim() == 1:
