@@ -18,6 +18,14 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
+NULLABLE_GROUPS = ("lr_schedule",)  # groups whose "null" option means "none of them" (a constant rate)
+
+
+def drop_null_groups(args: list[str]) -> list[str]:
+    """Rewrite ``lr_schedule=null`` to ``~lr_schedule``: Hydra takes no null option for a group it has a default for."""
+    return [f"~{arg.split('=', 1)[0]}" if arg in {f"{g}=null" for g in NULLABLE_GROUPS} else arg for arg in args]
+
+
 # Options whose values are paths or URLs: quoted for Hydra when they hold characters its grammar would read
 # (braces of shard patterns '{00000..00099}', spaces, commas, '=', ...), unless the user quoted them already.
 PATH_KEYS = ("dataset.urls", "dataset.val_urls", "dataset.path", "ae", "ckpt", "out", "config", "prompts_file",

@@ -1,4 +1,5 @@
-"""A failed run leaves no run dir behind: a Hydra callback notes what existed before Hydra created the run dir."""
+"""A failed run, or one that writes nothing, leaves no run dir behind: a Hydra callback notes what existed before
+Hydra created the run dir."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _WATCHES: list[dict] = []  # per run_task in progress (innermost last): what Run
 
 class RunDirWatch:
     """Hydra callback: notes, before Hydra creates them, whether the run (or sweep) dir and its parents exist and
-    what the dir holds, and each job's output dir (for :func:`remove_failed_run_dir`)."""
+    what the dir holds, and each job's output dir (for :func:`remove_unused_run_dir`)."""
 
     def on_run_start(self, config, **kwargs) -> None:
         """A single run: its dir is ``hydra.run.dir``."""
@@ -76,8 +77,9 @@ def _prune(folder: Path, before: set[str] | None, hydra_files: set[str]) -> bool
     return False
 
 
-def remove_failed_run_dir(watch: dict) -> None:
-    """After a failed run: its job dir (and a sweep dir left with only ``multirun.yaml``, and the parents this run
+def remove_unused_run_dir(watch: dict) -> None:
+    """After a failed run, or a run that wrote nothing but Hydra's files into a dir it created (encode-dataset
+    --verify): its job dir (and a sweep dir left with only ``multirun.yaml``, and the parents this run
     created) when this run created it and the job wrote nothing into it; Hydra's files added to a user's existing
     dir go too, the dir stays. Never another file, never a dir that existed before."""
     job, base = watch.get("job"), watch.get("base")

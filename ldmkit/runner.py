@@ -10,6 +10,7 @@ import traceback
 
 from ldmkit.cli_args import (  # noqa: F401 - re-exported
     PATH_KEYS,
+    drop_null_groups,
     quote_numeric_groups,
     quote_paths,
     quote_text,
@@ -18,7 +19,7 @@ from ldmkit.cli_args import (  # noqa: F401 - re-exported
     verbatim,
 )
 from ldmkit.hydra_errors import hydra_error_line
-from ldmkit.run_dirs import _WATCHES, RUN_DIR_CALLBACK, remove_failed_run_dir
+from ldmkit.run_dirs import _WATCHES, RUN_DIR_CALLBACK, remove_unused_run_dir
 
 EXIT_USAGE = 2
 EXIT_CRASH = 1
@@ -122,7 +123,8 @@ def _print_crash(exc: BaseException, debug: bool) -> None:
 
 def run_task(task: str, command: str, args: list[str]) -> int:
     """Run ``ldmkit <command> <args>`` through Hydra; return the exit code (2 for bad input, 1 for a crash). A run
-    that fails leaves no run dir of its own behind (:func:`remove_failed_run_dir`)."""
+    that fails, or writes nothing into the dir Hydra made for it, leaves no run dir of its own behind
+    (:func:`remove_unused_run_dir`)."""
     from ldmkit.errors import UserError
 
     if DEBUG_FLAG in args:
@@ -137,7 +139,7 @@ def run_task(task: str, command: str, args: list[str]) -> int:
     state = {"started": False, "argv0": os.path.abspath(saved[0]) if saved else "ldmkit", "command": command,
              "full_error": os.environ.get(FULL_ERROR), "debug": os.environ.get(FULL_ERROR) == "1"}
     main = _task_main(task, state)
-    overrides = quote_text(quote_paths(quote_numeric_groups(overrides)))
+    overrides = quote_text(quote_paths(quote_numeric_groups(drop_null_groups(overrides))))
     sys.argv = [f"ldmkit {command}", *overrides, RUN_DIR_CALLBACK, *flags]
     os.environ[FULL_ERROR] = "1"  # Hydra raises its errors to us (instead of printing them over many lines)
     watch: dict = {}
@@ -162,8 +164,8 @@ def run_task(task: str, command: str, args: list[str]) -> int:
             code = EXIT_USAGE
     finally:
         del _WATCHES[next(i for i, w in enumerate(_WATCHES) if w is watch)]
-        if code != 0:
-            remove_failed_run_dir(watch)
+        if code != 0 or (watch.get("before") is None and not watch.get("sweep")):
+            remove_unused_run_dir(watch)
         sys.argv = saved
         set_env(FULL_ERROR, state["full_error"])
     return code

@@ -89,10 +89,20 @@ class WarmupCosine:
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class ConfiguredLambdaLR(LambdaLR):
+    """LambdaLR whose checkpoint keeps the step count but not the factor's fields: a resumed run follows the schedule
+    its config asks for (the same for an interrupted run; a finished run extended to a larger trainer.max_steps
+    follows the longer curve instead of staying at its end)."""
+
+    def state_dict(self) -> dict:
+        """torch's state with the factors' fields left out (None per factor, as for plain functions)."""
+        return {**super().state_dict(), "lr_lambdas": [None] * len(self.lr_lambdas)}
+
+
 def warmup_cosine(optimizer: Optimizer, warmup_steps: int = 0, total_steps: int = 1000, start_factor: float = 0.0,
                   min_factor: float = 0.0) -> LambdaLR:
-    """torch's LambdaLR over :class:`WarmupCosine` (its state, the factor's fields, goes into checkpoints)."""
+    """A :class:`ConfiguredLambdaLR` over :class:`WarmupCosine`."""
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and total_steps={total_steps}")
-    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, start_factor, min_factor))
+    return ConfiguredLambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, start_factor, min_factor))
 

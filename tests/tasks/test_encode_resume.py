@@ -60,8 +60,10 @@ def test_killed_run_resumes_to_every_sample_exactly_once(ae, tmp_path):
     keys = [s["__key__"] for s in iterate_shards(out)]
     assert sorted(keys) == [f"{i:09d}" for i in range(N)]
     assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
-    verified = run_cli("encode-dataset", "--verify", str(out))
+    (tmp_path / "cwd").mkdir()
+    verified = run_cli("encode-dataset", "--verify", str(out), cwd=tmp_path / "cwd")
     assert "480" in verified.stderr + verified.stdout
+    assert not list((tmp_path / "cwd").iterdir())  # a check writes nothing: no dated run dir left behind
 
     other = run_cli(*_encode_args(ae, out), "shard_size=32", check=False)
     assert other.returncode == 2 and "shard_size" in other.stderr
