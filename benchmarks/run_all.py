@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-# the suite `make bench` runs (long ones last); bench_cond_accuracy and bench_f_study run on request (hours)
+# the suite `make bench` runs (long ones last); bench_cond_accuracy, bench_f_study and bench_quality_levers run on
+# request (hours)
 SUITE = ["unet_throughput", "f_throughput", "eval_memory", "latent_vs_pixel", "demo_time", "ae_table",
          "sampler_quality"]
 

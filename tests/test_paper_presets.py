@@ -173,7 +173,7 @@ def test_experiment_composes_with_train_ae(experiment):
     """train-ae experiment=NAME picks the preset's first stage and dataset (the UNet and cond nodes ride along)."""
     cfg = _compose("train_ae", experiment)
     assert _latent(cfg.first_stage) == PAPER[experiment][4:6]
-    assert cfg.dataset.resolution == 256 and cfg.loss.rec == "l1"  # train-ae's own keys are still there
+    assert cfg.dataset.resolution == 256 and cfg.loss.rec == "l2" and "lr_schedule" not in cfg  # its own keys stay
 
 
 def test_experiments_are_not_for_f_study():

@@ -58,11 +58,27 @@ def test_defaults_are_the_optimisers_hard_coded_before():
     params = [torch.nn.Parameter(torch.zeros(1))]
     ldm_opt = _ldm_module().configure_optimizers()
     assert _hyper(ldm_opt) == _hyper(torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0, fused=True))
-    module = _ae_module()
+    module = _ae_module("~lr_schedule")  # train-ae lr_schedule=null (the command line rewrites it to this)
     ae_opts = module.configure_optimizers()
-    assert [_hyper(o) for o in ae_opts] == [_hyper(torch.optim.Adam(params, lr=5e-4, betas=(0.5, 0.9), fused=True))] * 2
+    assert [_hyper(o) for o in ae_opts] == [_hyper(torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.9), fused=True))] * 2
     owners = [module.ae, module.loss.discriminator]
     assert [o.param_groups[0]["params"] for o in ae_opts] == [list(m.parameters()) for m in owners]
+
+
+def test_train_ae_decays_both_rates_to_zero_by_its_last_step_by_default():
+    opts, schedules = _ae_module("trainer.max_steps=40").configure_optimizers()
+    rates = []
+    for _ in range(40):
+        for opt, schedule in zip(opts, schedules, strict=True):
+            opt.step()
+            schedule.step()
+        rates.append([o.param_groups[0]["lr"] for o in opts])
+    assert rates[19] == pytest.approx([0.5e-3] * 2) and rates[-1] == [0.0, 0.0]
+
+
+def test_a_null_schedule_on_the_command_line_means_a_constant_rate():
+    code, output = ldmkit_inprocess(["train-ae", "lr_schedule=null", "--cfg", "job"])
+    assert code == 0 and "lr_schedule" not in output and "rec: l2" in output
 
 
 @pytest.mark.parametrize("override", ["optim=adam", "optim._target_=torch.optim.Adam"])
@@ -159,3 +175,11 @@ def test_resume_restores_both_optimisers_and_their_schedules(tmp_path, one_threa
         assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * factor(updates), rel=1e-12)
         assert int(opt.state_dict()["state"][0]["step"]) == updates  # Adam's moments went on, not restarted
     assert module.global_step == 2 and resumed.global_step == 4
+
+
+def test_an_extended_cosine_run_follows_the_longer_curve(tmp_path, one_thread):
+    _fit(_ae_module("trainer.max_steps=2"), 2).save_checkpoint(tmp_path / "last.ckpt")
+    _fit(resumed := _ae_module("trainer.max_steps=4"), 3, ckpt_path=tmp_path / "last.ckpt")
+    (sched, _) = resumed.lr_schedulers()
+    assert sched.last_epoch == 3 and sched.get_last_lr() == pytest.approx([1e-3 * 0.5 * (1 + math.cos(0.75 * math.pi))])
+

@@ -1,0 +1,117 @@
+"""Quality levers on ``shapes`` at 32 px (issue: samples that show what was asked): each row trains with the real CLI
+and one set of overrides, then scores what it made. Prints JSON.
+
+``--stage ae``: first stages (the demo's size, ``first_stage.ch_mult=[1,2,2]``, LPIPS off): wall time, validation
+PSNR / SSIM from meta.json and the classical scorer on their reconstructions of 288 validation images.
+``--stage ldm``: text LDMs on the latents of ``--latents`` (encoded with ``--ae``): wall time and eval-fid's
+colour / shape / count accuracy on 128 samples of validation captions (DDIM 25, guidance as given per row).
+A row is ``NAME=OVERRIDE,OVERRIDE,...``; ``--seeds 0,1,2`` repeats each row per seed (``seed=N``) and reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench_cond_accuracy import reference_rows
+from common import ldmkit, meta
+
+AE_BASE = ["first_stage.ch_mult=[1,2,2]", "loss.perceptual=null", "report.images=256"]
+AE_ROWS = {  # the defaults before issue 20, then one lever at a time, then today's defaults
+    "l1_const_5e-4": ["loss.rec=l1", "lr_schedule=null", "optim.lr=5e-4"],
+    "l1_const_1e-3": ["loss.rec=l1", "lr_schedule=null"],
+    "l2_const_1e-3": ["lr_schedule=null"],
+    "l2_const_2e-3": ["lr_schedule=null", "optim.lr=2e-3"],
+    "l2_const_betas_0.9_0.99": ["lr_schedule=null", "optim.betas=[0.9,0.99]"],
+    "l2_cosine_1e-3 (default)": [],
+}
+LDM_BASE = ["cond=text", "loader.batch_size=16", "optim.lr=1e-3"]
+LDM_ROWS = {
+    "constant_1000 (default rate)": ["trainer.max_steps=1000"],
+    "cosine_1000": ["lr_schedule=cosine", "trainer.max_steps=1000"],
+    "v_1000": ["objective.prediction=v", "trainer.max_steps=1000"],
+    "min_snr_5_1000": ["objective.min_snr_gamma=5", "trainer.max_steps=1000"],
+    "constant_2000 (the demo)": ["trainer.max_steps=2000"],
+}
+
+
+def parse_rows(specs: list[str] | None, default: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``NAME=a,b`` specs (overrides split at commas outside brackets) or the stage's default rows."""
+    if not specs:
+        return default
+    rows = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        parts, depth, cur = [], 0, ""
+        for ch in rest:
+            depth += ch == "[" or -(ch == "]")
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        rows[name] = [p for p in (*parts, cur) if p]
+    return rows
+
+
+def ae_row(out: Path, overrides: list[str], seed: int) -> dict:
+    """Train one first stage; its wall time, PSNR, SSIM and the scorer on its reconstructions."""
+    seconds = ldmkit("train-ae", *AE_BASE, *overrides, f"seed={seed}", f"out={out}")
+    metrics = meta(out)["metrics"]
+    scored = reference_rows(str(out), 288)["reconstructions"]
+    return {"seconds": seconds, "psnr": round(metrics["val_psnr"], 2), "ssim": round(metrics["val_ssim"], 3),
+            **{k: round(v, 3) for k, v in scored.items() if k != "n"}}
+
+
+def ldm_row(out: Path, overrides: list[str], seed: int, ae: str, latents: str, guidance: float) -> dict:
+    """Train one text LDM and eval-fid it; its wall times and accuracies."""
+    train = ldmkit("train-ldm", f"ae={ae}", "dataset=latents", f"dataset.path={latents}", *LDM_BASE, *overrides,
+                   f"seed={seed}", f"out={out}")
+    evaluate = ldmkit("eval-fid", f"ckpt={out}", "--samples", "128", "sampler.steps=25", f"guidance={guidance}",
+                      "on_missing_weights=skip", f"out={out / 'eval'}")
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    return {"seconds": train, "eval_seconds": evaluate,
+            **{k: round(v, 3) for k, v in metrics.items() if k.endswith("_acc")}}
+
+
+def median_row(runs: list[dict]) -> dict:
+    """Per-key medians over the seeds' rows (and the rows themselves)."""
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
+    return {**{k: round(statistics.median(r[k] for r in runs), 3) for k in keys}, "runs": runs}
+
+
+def main() -> None:
+    """Run the stage's rows (per seed), print the JSON table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("ae", "ldm"), default="ae")
+    parser.add_argument("--row", action="append", help="NAME=OVERRIDE,OVERRIDE (repeatable; default: the stage's rows)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--ae", help="--stage ldm: the first-stage model dir the latents come from")
+    parser.add_argument("--latents", help="--stage ldm: an encode-dataset output of --ae")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.stage == "ldm" and not (args.ae and args.latents):
+        parser.error("--stage ldm needs --ae and --latents")
+    out = Path(args.out or tempfile.mkdtemp(prefix="quality_levers_"))
+    rows = parse_rows(args.row, AE_ROWS if args.stage == "ae" else LDM_ROWS)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    result: dict = {"stage": args.stage, "date": time.strftime("%Y-%m-%d"), "seeds": seeds, "rows": {}}
+    for i, (name, overrides) in enumerate(rows.items()):
+        runs = []
+        for seed in seeds:
+            where = out / f"{i:02d}_s{seed}"
+            if args.stage == "ae":
+                runs.append(ae_row(where, overrides, seed))
+            else:
+                runs.append(ldm_row(where, overrides, seed, args.ae, args.latents, args.guidance))
+        result["rows"][name] = {"overrides": overrides, **median_row(runs)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
