@@ -18,12 +18,12 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
-NULLABLE_GROUPS = ("lr_schedule",)  # groups whose "null" option means "none of them" (a constant rate)
+NULL_GROUP_OPTIONS = {"lr_schedule=null": "~lr_schedule"}  # "null" = none of the group (a constant rate)
 
 
 def drop_null_groups(args: list[str]) -> list[str]:
     """Rewrite ``lr_schedule=null`` to ``~lr_schedule``: Hydra takes no null option for a group it has a default for."""
-    return [f"~{arg.split('=', 1)[0]}" if arg in {f"{g}=null" for g in NULLABLE_GROUPS} else arg for arg in args]
+    return [NULL_GROUP_OPTIONS.get(arg, arg) for arg in args]
 
 
 # Options whose values are paths or URLs: quoted for Hydra when they hold characters its grammar would read
