@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The five commands on `shapes` with text conditioning (about 8 minutes on 2 CPU cores); train-ae's defaults:
-# 1000 steps, L2 reconstruction loss, cosine rate decay (benchmarks/README.md: the levers).
+# The five commands on `shapes` with text conditioning (about 7 minutes on 2 CPU cores); train-ae's defaults:
+# 1000 steps, L2 reconstruction loss, cosine rate decay; train-ldm's: batch 32, lr 1e-3 (benchmarks/README.md: the levers).
 demo: install
 	$(VENV)/bin/ldmkit train-ae first_stage.ch_mult=[1,2,2] loss.perceptual=null out=$(DEMO)/ae
 	$(VENV)/bin/ldmkit encode-dataset ae=$(DEMO)/ae dataset.size=10000 out=$(DEMO)/latents
 	$(VENV)/bin/ldmkit train-ldm ae=$(DEMO)/ae dataset=latents dataset.path=$(DEMO)/latents cond=text \
-		trainer.max_steps=2000 loader.batch_size=16 optim.lr=1e-3 out=$(DEMO)/ldm
+		trainer.max_steps=1500 out=$(DEMO)/ldm
 	$(VENV)/bin/ldmkit sample ckpt=$(DEMO)/ldm n=6 sampler.steps=50 guidance=3 seed=0 out=$(DEMO)/samples \
 		"prompt=[a red circle,a blue square,a green triangle,a yellow circle,a purple square,an orange triangle]"
 	$(VENV)/bin/ldmkit eval-fid ckpt=$(DEMO)/ldm --samples 128 sampler.steps=25 on_missing_weights=skip \

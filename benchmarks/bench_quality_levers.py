@@ -4,7 +4,7 @@ and one set of overrides, then scores what it made. Prints JSON.
 ``--stage ae``: first stages (the demo's size, ``first_stage.ch_mult=[1,2,2]``, LPIPS off): wall time, validation
 PSNR / SSIM from meta.json and the classical scorer on their reconstructions of 288 validation images.
 ``--stage ldm``: text LDMs on the latents of ``--latents`` (encoded with ``--ae``): wall time and eval-fid's
-colour / shape / count accuracy on 128 samples of validation captions (DDIM 25, guidance as given per row).
+colour / shape / count accuracy on ``--samples`` samples of validation captions (DDIM 25, ``--guidance``).
 A row is ``NAME=OVERRIDE,OVERRIDE,...``; ``--seeds 0,1,2`` repeats each row per seed (``seed=N``) and reports medians.
 """
 
@@ -29,13 +29,18 @@ AE_ROWS = {  # the defaults before issue 20, then one lever at a time, then toda
     "l2_const_betas_0.9_0.99": ["lr_schedule=null", "optim.betas=[0.9,0.99]"],
     "l2_cosine_1e-3 (default)": [],
 }
-LDM_BASE = ["cond=text", "loader.batch_size=16", "optim.lr=1e-3"]
-LDM_ROWS = {
-    "constant_1000 (default rate)": ["trainer.max_steps=1000"],
-    "cosine_1000": ["lr_schedule=cosine", "trainer.max_steps=1000"],
-    "v_1000": ["objective.prediction=v", "trainer.max_steps=1000"],
-    "min_snr_5_1000": ["objective.min_snr_gamma=5", "trainer.max_steps=1000"],
-    "constant_2000 (the demo)": ["trainer.max_steps=2000"],
+LDM_BASE = ["cond=text"]  # train-ldm's defaults: batch 32, lr 1e-3, constant rate, eps
+LDM_ROWS = {  # the first round (batch 16, 1000 / 2000 steps), then the second at the demo's budget
+    "b16_constant_1000": ["loader.batch_size=16", "trainer.max_steps=1000"],
+    "b16_cosine_1000": ["loader.batch_size=16", "lr_schedule=cosine", "trainer.max_steps=1000"],
+    "b16_v_1000": ["loader.batch_size=16", "objective.prediction=v", "trainer.max_steps=1000"],
+    "b16_min_snr_5_1000": ["loader.batch_size=16", "objective.min_snr_gamma=5", "trainer.max_steps=1000"],
+    "b16_2000 (the demo before)": ["loader.batch_size=16", "trainer.max_steps=2000"],
+    "b16_2000_lr2e-3": ["loader.batch_size=16", "trainer.max_steps=2000", "optim.lr=2e-3"],
+    "b32_1000": ["trainer.max_steps=1000"],
+    "b64_750": ["loader.batch_size=64", "trainer.max_steps=750"],
+    "b32_1500 (defaults, the demo)": ["trainer.max_steps=1500"],
+    "b32_1500_lr5e-4": ["trainer.max_steps=1500", "optim.lr=5e-4"],
 }
 
 
@@ -67,11 +72,12 @@ def ae_row(out: Path, overrides: list[str], seed: int) -> dict:
             **{k: round(v, 3) for k, v in scored.items() if k != "n"}}
 
 
-def ldm_row(out: Path, overrides: list[str], seed: int, ae: str, latents: str, guidance: float) -> dict:
+def ldm_row(out: Path, overrides: list[str], seed: int, ae: str, latents: str, guidance: float,
+            samples: int) -> dict:
     """Train one text LDM and eval-fid it; its wall times and accuracies."""
     train = ldmkit("train-ldm", f"ae={ae}", "dataset=latents", f"dataset.path={latents}", *LDM_BASE, *overrides,
                    f"seed={seed}", f"out={out}")
-    evaluate = ldmkit("eval-fid", f"ckpt={out}", "--samples", "128", "sampler.steps=25", f"guidance={guidance}",
+    evaluate = ldmkit("eval-fid", f"ckpt={out}", "--samples", str(samples), "sampler.steps=25", f"guidance={guidance}",
                       "on_missing_weights=skip", f"out={out / 'eval'}")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     return {"seconds": train, "eval_seconds": evaluate,
@@ -93,6 +99,7 @@ def main() -> None:
     parser.add_argument("--ae", help="--stage ldm: the first-stage model dir the latents come from")
     parser.add_argument("--latents", help="--stage ldm: an encode-dataset output of --ae")
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--samples", type=int, default=256, help="--stage ldm: eval-fid samples per model")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.stage == "ldm" and not (args.ae and args.latents):
@@ -108,7 +115,7 @@ def main() -> None:
             if args.stage == "ae":
                 runs.append(ae_row(where, overrides, seed))
             else:
-                runs.append(ldm_row(where, overrides, seed, args.ae, args.latents, args.guidance))
+                runs.append(ldm_row(where, overrides, seed, args.ae, args.latents, args.guidance, args.samples))
         result["rows"][name] = {"overrides": overrides, **median_row(runs)}
     print(json.dumps(result, indent=2))
 

@@ -57,7 +57,7 @@ def _hyper(opt: torch.optim.Optimizer) -> dict:
 def test_defaults_are_the_optimisers_hard_coded_before():
     params = [torch.nn.Parameter(torch.zeros(1))]
     ldm_opt = _ldm_module().configure_optimizers()
-    assert _hyper(ldm_opt) == _hyper(torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0, fused=True))
+    assert _hyper(ldm_opt) == _hyper(torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, fused=True))
     module = _ae_module("~lr_schedule")  # train-ae lr_schedule=null (the command line rewrites it to this)
     ae_opts = module.configure_optimizers()
     assert [_hyper(o) for o in ae_opts] == [_hyper(torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.9), fused=True))] * 2
