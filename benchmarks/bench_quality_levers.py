@@ -29,18 +29,29 @@ AE_ROWS = {  # the defaults before issue 20, then one lever at a time, then toda
     "l2_const_betas_0.9_0.99": ["lr_schedule=null", "optim.betas=[0.9,0.99]"],
     "l2_cosine_1e-3 (default)": [],
 }
-LDM_BASE = ["cond=text"]  # train-ldm's defaults: batch 32, lr 1e-3, constant rate, eps
-LDM_ROWS = {  # the first round (batch 16, 1000 / 2000 steps), then the second at the demo's budget
-    "b16_constant_1000": ["loader.batch_size=16", "trainer.max_steps=1000"],
-    "b16_cosine_1000": ["loader.batch_size=16", "lr_schedule=cosine", "trainer.max_steps=1000"],
-    "b16_v_1000": ["loader.batch_size=16", "objective.prediction=v", "trainer.max_steps=1000"],
-    "b16_min_snr_5_1000": ["loader.batch_size=16", "objective.min_snr_gamma=5", "trainer.max_steps=1000"],
-    "b16_2000 (the demo before)": ["loader.batch_size=16", "trainer.max_steps=2000"],
-    "b16_2000_lr2e-3": ["loader.batch_size=16", "trainer.max_steps=2000", "optim.lr=2e-3"],
-    "b32_1000": ["trainer.max_steps=1000"],
-    "b64_750": ["loader.batch_size=64", "trainer.max_steps=750"],
-    "b32_1500 (defaults, the demo)": ["trainer.max_steps=1500"],
-    "b32_1500_lr5e-4": ["trainer.max_steps=1500", "optim.lr=5e-4"],
+LDM_BASE = ["cond=text"]  # train-ldm's defaults: batch 32, lr 1e-3, constant rate, eps, logit-normal t
+UNIFORM = "objective.timesteps=uniform"  # rounds 1 and 2 drew t uniformly (the default then)
+LDM_ROWS = {  # round 1 (batch 16, 1000 / 2000 steps), then rounds 2 and 3 at the demo's budget
+    "b16_constant_1000": [UNIFORM, "loader.batch_size=16", "trainer.max_steps=1000"],
+    "b16_cosine_1000": [UNIFORM, "loader.batch_size=16", "lr_schedule=cosine", "trainer.max_steps=1000"],
+    "b16_v_1000": [UNIFORM, "loader.batch_size=16", "objective.prediction=v", "trainer.max_steps=1000"],
+    "b16_min_snr_5_1000": [UNIFORM, "loader.batch_size=16", "objective.min_snr_gamma=5", "trainer.max_steps=1000"],
+    "b16_2000 (the first demo)": [UNIFORM, "loader.batch_size=16", "trainer.max_steps=2000"],
+    "b16_2000_lr2e-3": [UNIFORM, "loader.batch_size=16", "trainer.max_steps=2000", "optim.lr=2e-3"],
+    "b32_1000": [UNIFORM, "trainer.max_steps=1000"],
+    "b64_750": [UNIFORM, "loader.batch_size=64", "trainer.max_steps=750"],
+    "b32_1500_uniform (the demo before)": [UNIFORM, "trainer.max_steps=1500"],
+    "b32_1500_lr5e-4": [UNIFORM, "trainer.max_steps=1500", "optim.lr=5e-4"],
+    "b32_1370_unet_122": [UNIFORM, "trainer.max_steps=1370", "unet.channel_mult=[1,2,2]",
+                          "unet.attention_resolutions=[1,2,4]"],
+    "b32_1090_2_resblocks": [UNIFORM, "trainer.max_steps=1090", "unet.num_res_blocks=2"],
+    "b32_1390_text_4_layers": [UNIFORM, "trainer.max_steps=1390", "cond.layers=4"],
+    "b32_1500_lr2e-3_warmup": [UNIFORM, "trainer.max_steps=1500", "optim.lr=2e-3", "lr_schedule=warmup",
+                               "lr_schedule.total_iters=200"],
+    "b32_1500_ema_warmup4": [UNIFORM, "trainer.max_steps=1500", "ema.warmup=4"],
+    "b32_1500_ema_warmup30": [UNIFORM, "trainer.max_steps=1500", "ema.warmup=30"],
+    "b32_1500_logit_normal (defaults, the demo)": ["trainer.max_steps=1500"],
+    "b32_1500_logit_normal_mean-0.5": ["trainer.max_steps=1500", "objective.timestep_mean=-0.5"],
 }
 
 

@@ -1,18 +1,21 @@
 """Training objectives: what the network predicts (ε, v or x0) and the optional min-SNR loss weighting.
 
 ε-prediction: Ho et al. 2020 (the paper's Eq. 2). v-prediction: Salimans & Ho 2022, v = √ā ε − √(1−ā) x0.
-x0-prediction: the clean latent itself. Min-SNR-γ weighting: Hang et al. 2023.
+x0-prediction: the clean latent itself. Min-SNR-γ weighting: Hang et al. 2023. Logit-normal timesteps:
+Esser et al. 2024 (SD3), t/T = sigmoid(n), n ~ N(mean, std).
 Samplers only ever see ε: ``to_eps`` converts any prediction, so one wrapper serves every objective.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ldmkit.diffusion.schedule import NoiseSchedule, x0_from_eps
 from ldmkit.errors import UserError
 
 PREDICTIONS = ("eps", "v", "x0")
+TIMESTEPS = ("uniform", "logit_normal")
 
 
 def _coefficients(schedule: NoiseSchedule, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
@@ -80,3 +83,21 @@ def min_snr_weight(prediction: str, schedule: NoiseSchedule, t: Tensor, gamma: f
     if prediction == "v":
         return clipped / (s + 1)
     return clipped
+
+
+def check_timesteps(kind: str, std: float) -> str:
+    """The timestep distribution's name, else a one-line error (also for a std that is not positive)."""
+    if kind not in TIMESTEPS:
+        raise UserError(f"objective.timesteps={kind!r} is not one of: {', '.join(TIMESTEPS)}")
+    if not std > 0:
+        raise UserError(f"objective.timestep_std={std} must be > 0")
+    return kind
+
+
+def sample_timesteps(n: int, num_timesteps: int, kind: str = "uniform", mean: float = 0.0, std: float = 1.0,
+                     device: torch.device | str | None = None) -> Tensor:
+    """``n`` training timesteps in [0, T): uniform (the paper), or logit-normal t/T = sigmoid(N(mean, std))."""
+    if check_timesteps(kind, std) == "uniform":
+        return torch.randint(0, num_timesteps, (n,), device=device)
+    u = torch.sigmoid(torch.randn(n, device=device) * std + mean)
+    return (u * num_timesteps).long().clamp_(max=num_timesteps - 1)

@@ -13,6 +13,7 @@ from ldmkit import modeldir
 from ldmkit.console import console
 from ldmkit.data.access import first_item, is_latent_shards, write_skips
 from ldmkit.data.latent_shards import read_manifest
+from ldmkit.diffusion.objectives import check_timesteps
 from ldmkit.errors import UserError
 from ldmkit.speed import Speed, prepare, set_threads, training_precision
 from ldmkit.tasks.ae_choice import resolve_ae
@@ -113,6 +114,7 @@ def run(cfg: DictConfig) -> None:
     from ldmkit.training.pictures import check_options
     from ldmkit.training.trainer import extra_loggers
 
+    options = _module_options(cfg)
     lr = effective_lr(cfg)
     optimizer, lr_schedule = optim.from_config(cfg.optim, cfg.get("lr_schedule"), lr=lr)
     out = run_dir()
@@ -124,13 +126,25 @@ def run(cfg: DictConfig) -> None:
     dataset, val = _datasets(cfg)
     cond, bank = _conditioner(cfg, ae_meta["latent_channels"], dataset)
     ldm = modeldir.build_ldm(cfg, modeldir.load(ae_dir), latent_shape, cfg.objective.prediction, cond=cond)
-    module = LDMModule(ldm, optimizer, lr_schedule, ema_decay=cfg.ema.decay, min_snr_gamma=cfg.objective.min_snr_gamma)
+    module = LDMModule(ldm, optimizer, lr_schedule, **options)
     prepare(ldm.unet, speed)  # after the EMA copy was made: only the trained UNet is compiled
     write = _ModelDirWriter(cfg, module, ae_dir, ae_meta, bank, lr)
     trainer, throughput = _fit(cfg, write, dataset, val, out, loggers)
     skipped = write_skips(dataset, out)
     if trainer.is_global_zero:
         _write_final(write, out, trainer.global_step, throughput.samples_per_s, skipped)
+
+
+def _module_options(cfg: DictConfig) -> dict[str, Any]:
+    """LDMModule's options from ``objective:`` and ``ema:``, checked before anything is built."""
+    obj, ema = cfg.objective, cfg.ema
+    check_timesteps(obj.timesteps, obj.timestep_std)
+    if not 0 < ema.decay <= 1:
+        raise UserError(f"ema.decay={ema.decay} must be in (0, 1]")
+    if not ema.warmup > 1:
+        raise UserError(f"ema.warmup={ema.warmup} must be > 1 (CompVis: 10)")
+    return {"ema_decay": ema.decay, "ema_warmup": ema.warmup, "min_snr_gamma": obj.min_snr_gamma,
+            "timesteps": (obj.timesteps, obj.timestep_mean, obj.timestep_std)}
 
 
 def _speed(cfg: DictConfig) -> Speed:

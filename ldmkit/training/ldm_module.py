@@ -10,29 +10,30 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from ldmkit.diffusion.objectives import min_snr_weight, target
+from ldmkit.diffusion.objectives import min_snr_weight, sample_timesteps, target
 from ldmkit.models.conditioners import NoConditioner
 from ldmkit.models.ldm import LatentDiffusion
 from ldmkit.training.optim import OptimizerFactory, ScheduleFactory
 
 
-def ema_multi_avg_fn(decay: float):
-    """EMA update (for ``AveragedModel(multi_avg_fn=...)``) with the CompVis warm-up d = min(decay, (1+n)/(10+n))."""
+def ema_multi_avg_fn(decay: float, warmup: float = 10.0):
+    """EMA update (for ``AveragedModel(multi_avg_fn=...)``) with the warm-up d = min(decay, (1+n)/(warmup+n))
+    (CompVis: warmup 10)."""
 
     @torch.no_grad()
     def avg(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         """In place: averaged <- d * averaged + (1 - d) * current, over all tensors at once (foreach)."""
         n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
+        d = min(decay, (1 + n) / (warmup + n))
         torch._foreach_lerp_(averaged, current, 1 - d)
 
     return avg
 
 
-def compvis_ema(module: torch.nn.Module, decay: float) -> AveragedModel:
+def compvis_ema(module: torch.nn.Module, decay: float, warmup: float = 10.0) -> AveragedModel:
     """An EMA of ``module`` updated as CompVis' LitEma: it starts from the weights at construction and its k-th update
-    (k = 1, 2, ...) uses d = min(decay, (1+k)/(10+k)) (AveragedModel's first update would copy instead)."""
-    ema = AveragedModel(module, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    (k = 1, 2, ...) uses d = min(decay, (1+k)/(warmup+k)) (AveragedModel's first update would copy instead)."""
+    ema = AveragedModel(module, multi_avg_fn=ema_multi_avg_fn(decay, warmup), use_buffers=True)
     ema.n_averaged.fill_(1)  # the count the averaging function sees is then LitEma's num_updates
     ema.requires_grad_(False)
     return ema
@@ -47,18 +48,21 @@ class LDMModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         lr_schedule: ScheduleFactory | None = None,
         ema_decay: float = 0.999,
+        ema_warmup: float = 10.0,
         min_snr_gamma: float | None = None,
+        timesteps: tuple[str, float, float] = ("uniform", 0.0, 1.0),
         *,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
     ) -> None:
         """``optimizer(params)`` builds the optimiser (train-ldm passes the ``optim=`` partial; None: fused AdamW
-        with ``lr`` and ``weight_decay``, as optim=adamw); ``lr_schedule(optimizer)`` its per-step schedule."""
+        with ``lr`` and ``weight_decay``, as optim=adamw); ``lr_schedule(optimizer)`` its per-step schedule;
+        ``timesteps`` = (kind, mean, std) of the training timesteps (see :func:`sample_timesteps`)."""
         super().__init__()
         self.ldm = ldm
         self.optimizer = optimizer or partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay, fused=True)
-        self.lr_schedule, self.min_snr_gamma = lr_schedule, min_snr_gamma
-        self.ema = compvis_ema(ldm.trainable(), ema_decay)
+        self.lr_schedule, self.min_snr_gamma, self.timesteps = lr_schedule, min_snr_gamma, timesteps
+        self.ema = compvis_ema(ldm.trainable(), ema_decay, ema_warmup)
 
     def latents(self, batch: dict) -> Tensor:
         """A fresh z per step: scale * (mean + std * eps) from shards, or a posterior draw of the images."""
@@ -73,7 +77,7 @@ class LDMModule(pl.LightningModule):
         """The simple loss ||target - net(z_t, t, tau(y))||^2 (paper Eq. 2 for ε), optionally min-SNR weighted."""
         z = self.latents(batch)
         schedule, prediction = self.ldm.schedule, self.ldm.prediction
-        t = torch.randint(0, schedule.num_timesteps, (z.shape[0],), device=z.device)
+        t = sample_timesteps(z.shape[0], schedule.num_timesteps, *self.timesteps, device=z.device)
         noise = torch.randn_like(z)
         z_t = schedule.q_sample(z, t, noise)
         cond = self.ldm.cond

@@ -39,6 +39,8 @@ ROWS = [
      ["dataset.path=", "no such folder"]),
     ("folder-empty", ["train-ae", "dataset=folder", "dataset.path={inputs}/empty"], ["no image files found"]),
     ("ae-clip", ["train-ae", "trainer.gradient_clip_val=1.0"], ["train-ae steps its", "lower optim.lr"]),
+    ("bad-timesteps", ["train-ldm", "objective.timesteps=lognorm"], ["is not one of: uniform, logit_normal"]),
+    ("bad-ema-warmup", ["train-ldm", "ema.warmup=1"], ["ema.warmup=1 must be > 1 (CompVis: 10)"]),
     ("bad-speed", ["sample", "ckpt={inputs}/nope", "speed.autocast=fp8"], ["speed.autocast=fp8 is not one of"]),
     ("folder-unreadable", ["encode-dataset", "ae={ae}", "dataset=folder", "dataset.path={inputs}/broken"],
      ["dataset.path=", "image files of the train split can be read"]),

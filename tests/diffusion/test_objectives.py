@@ -1,11 +1,11 @@
-"""Objectives: ε / v / x0 targets on a hand case, conversions back to ε and x0, min-SNR weights."""
+"""Objectives: ε / v / x0 targets on a hand case, conversions back to ε and x0, min-SNR weights, timesteps."""
 
 import math
 
 import pytest
 import torch
 
-from ldmkit.diffusion.objectives import min_snr_weight, snr, target, to_eps, to_x0
+from ldmkit.diffusion.objectives import min_snr_weight, sample_timesteps, snr, target, to_eps, to_x0
 from ldmkit.diffusion.schedule import NoiseSchedule
 from ldmkit.errors import UserError
 
@@ -46,3 +46,21 @@ def test_min_snr_weights():
     torch.testing.assert_close(min_snr_weight("x0", SCHED, t, 5.0), torch.stack([torch.tensor(5.0), s[1]]))
     with pytest.raises(UserError, match="eps, v, x0"):
         target("score", SCHED, torch.zeros(1), torch.zeros(1), torch.tensor([0]))
+
+
+def test_logit_normal_timesteps_follow_their_distribution():
+    torch.manual_seed(0)
+    uniform = sample_timesteps(20000, 1000)
+    assert uniform.dtype == torch.long and 0 <= uniform.min() < 10 and 990 < uniform.max() <= 999
+    for mean in (0.0, -0.5):
+        t = sample_timesteps(200000, 1000, "logit_normal", mean, 1.0)
+        assert t.dtype == torch.long and 0 <= t.min() and t.max() <= 999
+        # t/T = sigmoid(n), n ~ N(mean, 1): the median is T * sigmoid(mean); t < T * sigmoid(-2) has P(n < -2)
+        assert abs(t.float().median().item() - 1000 * torch.sigmoid(torch.tensor(mean)).item()) < 10
+        below = (t < int(1000 * torch.sigmoid(torch.tensor(-2.0)))).float().mean().item()
+        assert abs(below - 0.5 * math.erfc((2 + mean) / math.sqrt(2))) < 0.003  # 5 standard errors
+    for kind, std, message in [("lognorm", 1.0, "objective.timesteps='lognorm' is not one of: uniform, logit_normal"),
+                               ("logit_normal", 0.0, "objective.timestep_std=0.0 must be > 0")]:
+        with pytest.raises(UserError) as err:
+            sample_timesteps(4, 1000, kind, 0.0, std)
+        assert str(err.value) == message

@@ -24,26 +24,29 @@ def tiny_ldm(cond: Conditioner | None = None) -> LatentDiffusion:
                            latent_shape=(3, 8, 8))
 
 
-def lit_ema(init: torch.Tensor, updates: list[torch.Tensor], decay: float) -> torch.Tensor:
-    """CompVis' LitEma by hand: shadow = init; update k: d = min(decay, (1+k)/(10+k)); shadow -= (1-d)(shadow - w)."""
+def lit_ema(init: torch.Tensor, updates: list[torch.Tensor], decay: float, warmup: float = 10) -> torch.Tensor:
+    """CompVis' LitEma by hand: shadow = init; update k: d = min(decay, (1+k)/(warmup+k)) (LitEma: warmup 10);
+    shadow -= (1-d)(shadow - w)."""
     shadow = init.clone()
     for k, w in enumerate(updates, start=1):
-        d = min(decay, (1 + k) / (10 + k))
+        d = min(decay, (1 + k) / (warmup + k))
         shadow -= (1 - d) * (shadow - w)
     return shadow
 
 
-def test_ema_warmup_matches_compvis_lit_ema():
+@pytest.mark.parametrize("warmup", [10, 3])
+def test_ema_warmup_matches_compvis_lit_ema(warmup):
     net = torch.nn.Linear(2, 1, bias=False)
     net.weight.data[:] = 1.0
-    ema = compvis_ema(net, 0.999)  # starts from the weights at construction, as LitEma
+    ema = compvis_ema(net, 0.999, warmup)  # starts from the weights at construction, as LitEma
     weights = [torch.full((1, 2), v) for v in (0.0, 1.0, 3.0, -2.0)]
     for w in weights:
         net.weight.data[:] = w
         ema.update_parameters(net)
-    expected = lit_ema(torch.ones(1, 2), weights, 0.999)
+    expected = lit_ema(torch.ones(1, 2), weights, 0.999, warmup)
     torch.testing.assert_close(ema.module.weight.data, expected)
-    assert abs(float(lit_ema(torch.ones(1, 2), weights[:1], 0.999)[0, 0]) - 2 / 11) < 1e-7  # LitEma's first step blends
+    first = float(lit_ema(torch.ones(1, 2), weights[:1], 0.999, warmup)[0, 0])
+    assert abs(first - 2 / (warmup + 1)) < 1e-7  # the first step blends: d = 2 / (warmup + 1) of the start stays
 
 
 def test_latents_from_shards_and_images():
