@@ -6,6 +6,8 @@ PSNR / SSIM from meta.json and the classical scorer on their reconstructions of 
 ``--stage ldm``: text LDMs on the latents of ``--latents`` (encoded with ``--ae``): wall time and eval-fid's
 colour / shape / count accuracy on ``--samples`` samples of validation captions (DDIM 25, ``--guidance``).
 A row is ``NAME=OVERRIDE,OVERRIDE,...``; ``--seeds 0,1,2`` repeats each row per seed (``seed=N``) and reports medians.
+``--stage vocab``: the text LDM's train step with open_clip's full token embedding vs a vocabulary fitted to the
+training captions (seconds per step; no training).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ AE_ROWS = {  # the defaults before issue 20, then one lever at a time, then toda
 }
 LDM_BASE = ["cond=text"]  # train-ldm's defaults: batch 32, lr 1e-3, constant rate, eps, logit-normal t
 UNIFORM = "objective.timesteps=uniform"  # rounds 1 and 2 drew t uniformly (the default then)
-LDM_ROWS = {  # round 1 (batch 16, 1000 / 2000 steps), then rounds 2 and 3 at the demo's budget
+LDM_ROWS = {  # round 1 (batch 16, 1000 / 2000 steps), then rounds 2 to 4 at the demo's budget
     "b16_constant_1000": [UNIFORM, "loader.batch_size=16", "trainer.max_steps=1000"],
     "b16_cosine_1000": [UNIFORM, "loader.batch_size=16", "lr_schedule=cosine", "trainer.max_steps=1000"],
     "b16_v_1000": [UNIFORM, "loader.batch_size=16", "objective.prediction=v", "trainer.max_steps=1000"],
@@ -52,6 +54,8 @@ LDM_ROWS = {  # round 1 (batch 16, 1000 / 2000 steps), then rounds 2 and 3 at th
     "b32_1500_ema_warmup30": [UNIFORM, "trainer.max_steps=1500", "ema.warmup=30"],
     "b32_1500_logit_normal (defaults, the demo)": ["trainer.max_steps=1500"],
     "b32_1500_logit_normal_mean-0.5": ["trainer.max_steps=1500", "objective.timestep_mean=-0.5"],
+    "b32_1500_pooled_text": ["trainer.max_steps=1500", "cond.pooled=true"],  # round 4
+    "b32_1500_logit_normal_std0.6": ["trainer.max_steps=1500", "objective.timestep_std=0.6"],
 }
 
 
@@ -95,6 +99,57 @@ def ldm_row(out: Path, overrides: list[str], seed: int, ae: str, latents: str, g
             **{k: round(v, 3) for k, v in metrics.items() if k.endswith("_acc")}}
 
 
+def vocab_timing(rounds: int = 5, steps: int = 12) -> dict:
+    """Seconds per text-LDM train step (UNet small, TextConditioner, fused AdamW, CompVis EMA, batch 32) with
+    open_clip's 49,408-row token embedding vs one cut to the tokens of 2,000 training captions (a fitted
+    vocabulary); alternating rounds, medians."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from ldmkit.data.shapes import sample_scene
+    from ldmkit.models.conditioners import TextConditioner
+    from ldmkit.models.unet import UNetModel
+    from ldmkit.training.ldm_module import compvis_ema
+
+    rng = np.random.default_rng(0)
+    captions = [sample_scene(rng).caption for _ in range(2000)]
+    unet_cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/unet/small.yaml"))
+    unet_cfg.update(in_channels=3, out_channels=3, context_dim=128, adm_in_channels=None)
+    unet_cfg.pop("_target_")
+
+    def step_time(fitted: bool) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.ModuleDict({"unet": UNetModel(**unet_cfg), "cond": TextConditioner()})
+        tokens = model["cond"].tokenize(captions[:32])
+        if fitted:  # ids renumbered 0..K-1 (0 = padding stays 0), the embedding cut to K rows
+            used = torch.unique(model["cond"].tokenize(captions))
+            tokens = torch.searchsorted(used, tokens)
+            model["cond"].transformer.token_embedding = torch.nn.Embedding(len(used), 128)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        ema = compvis_ema(model, 0.999)
+        x, t = torch.randn(32, 3, 8, 8), torch.randint(0, 1000, (32,))
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            _, context = model["cond"].transformer(tokens)
+            loss = (model["unet"](x, t, context=context) - x).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update_parameters(model)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[2:])
+
+    full, fitted = [], []
+    for _ in range(rounds):
+        full.append(step_time(False))
+        fitted.append(step_time(True))
+    return {"full_vocab_s_per_step": round(statistics.median(full), 4),
+            "fitted_vocab_s_per_step": round(statistics.median(fitted), 4),
+            "speedup": round(statistics.median(f / g for f, g in zip(full, fitted, strict=True)), 3)}
+
+
 def median_row(runs: list[dict]) -> dict:
     """Per-key medians over the seeds' rows (and the rows themselves)."""
     keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
@@ -104,7 +159,7 @@ def median_row(runs: list[dict]) -> dict:
 def main() -> None:
     """Run the stage's rows (per seed), print the JSON table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("ae", "ldm"), default="ae")
+    parser.add_argument("--stage", choices=("ae", "ldm", "vocab"), default="ae")
     parser.add_argument("--row", action="append", help="NAME=OVERRIDE,OVERRIDE (repeatable; default: the stage's rows)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--ae", help="--stage ldm: the first-stage model dir the latents come from")
@@ -115,6 +170,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage == "ldm" and not (args.ae and args.latents):
         parser.error("--stage ldm needs --ae and --latents")
+    if args.stage == "vocab":
+        print(json.dumps({"stage": "vocab", "date": time.strftime("%Y-%m-%d"), **vocab_timing()}, indent=2))
+        return
     out = Path(args.out or tempfile.mkdtemp(prefix="quality_levers_"))
     rows = parse_rows(args.row, AE_ROWS if args.stage == "ae" else LDM_ROWS)
     seeds = [int(s) for s in args.seeds.split(",")]

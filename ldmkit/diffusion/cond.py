@@ -16,11 +16,13 @@ from torch import Tensor
 @dataclass
 class Cond:
     """What a conditioner hands the UNet: cross-attention ``context`` (B, L, D) with key ``mask`` (B, L)
-    (True = attend; None = all), and ``concat`` channels (B, C, h, w) joined to the latent (resized to it)."""
+    (True = attend; None = all), ``concat`` channels (B, C, h, w) joined to the latent (resized to it), and a
+    global ``vector`` (B, V) added to the time embedding (SDXL's ``adm_in_channels`` input, e.g. a pooled caption)."""
 
     context: Tensor | None = None
     mask: Tensor | None = None
     concat: Tensor | None = None
+    vector: Tensor | None = None
 
 
 class NullLearner(Protocol):
@@ -65,9 +67,12 @@ def _same_size(maps: list[Tensor | None]) -> list[Tensor | None]:
 def cat_batch(conds: list[Cond]) -> Cond:
     """Stack Conds along the batch (e.g. unconditional + conditional for guidance in one pass)."""
     concat = _join(_same_size([c.concat for c in conds]), 0)
-    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), concat)
+    return Cond(_join([c.context for c in conds], 0), _join(_masks(conds), 0), concat,
+                _join([c.vector for c in conds], 0))
 
 
 def merge(conds: list[Cond]) -> Cond:
-    """Combine several conditioners' outputs for one batch: tokens joined along L, channels along C."""
-    return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1))
+    """Combine several conditioners' outputs for one batch: tokens joined along L, channels along C, vectors along
+    their features."""
+    return Cond(_join([c.context for c in conds], 1), _join(_masks(conds), 1), _join([c.concat for c in conds], 1),
+                _join([c.vector for c in conds], 1))

@@ -97,6 +97,7 @@ class Conditioner(nn.Module, ABC):
     key: str | None = None
     drop_prob: float = 0.0
     concat_channels: int = 0  # channels this conditioner adds to the UNet input
+    vector_dim: int = 0  # width of the global vector it adds to the UNet's time embedding (unet.adm_in_channels)
     inputs: tuple[str, ...] = ()  # the ``ldmkit sample`` inputs it reads (see the class docstring)
     task: str = "unconditional"  # what the model does: unconditional, class, text, layout, semantic, ...
 
@@ -227,12 +228,14 @@ class TextConditioner(CaptionConditioner):
         layers: int = 2,
         heads: int = 4,
         drop_prob: float = 0.1,
+        pooled: bool = False,
     ) -> None:
         super().__init__()
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import TextTransformer
 
-        self.key, self.drop_prob = key, drop_prob
+        self.key, self.drop_prob, self.pooled = key, drop_prob, bool(pooled)
+        self.vector_dim = width if self.pooled else 0
         self.tokenizer = SimpleTokenizer(context_length=context_length)
         self.transformer = TextTransformer(
             context_length=context_length,
@@ -252,10 +255,11 @@ class TextConditioner(CaptionConditioner):
         return self.tokenizer(list(captions))
 
     def forward(self, values: list[str]) -> Cond:
-        """Captions -> per-token states (B, L, width) and the non-padding mask (B, L)."""
+        """Captions -> per-token states (B, L, width), the non-padding mask (B, L) and, with ``pooled``, the
+        end-of-text state (B, width) as a global vector (Imagen's and SDXL's pooled text embedding)."""
         tokens = self.tokenize(values).to(self.transformer.token_embedding.weight.device)
-        _, states = self.transformer(tokens)
-        return Cond(states, tokens != 0)
+        pooled, states = self.transformer(tokens)
+        return Cond(states, tokens != 0, vector=pooled if self.pooled else None)
 
 
 class MultiConditioner(Conditioner):
@@ -270,6 +274,7 @@ class MultiConditioner(Conditioner):
             raise ValueError("MultiConditioner needs at least one part")
         self.parts = nn.ModuleDict(parts)
         self.concat_channels = sum(p.concat_channels for p in parts.values())
+        self.vector_dim = sum(p.vector_dim for p in parts.values())
         self.inputs = tuple(dict.fromkeys(i for p in parts.values() for i in p.inputs))
         self.task = "+".join(p.task for p in parts.values())
 

@@ -54,10 +54,11 @@ class LatentDiffusion(nn.Module):
         cond = cond or Cond()
         if cond.concat is not None:
             x = torch.cat([x, resize_to(cond.concat.to(x.dtype), x.shape[-2:])], dim=1)
+        extra = {} if cond.vector is None else {"vector": cond.vector}
         if self.sample_dtype is None or torch.is_grad_enabled():
-            return self.unet(x, t, context=cond.context, context_mask=cond.mask)
+            return self.unet(x, t, context=cond.context, context_mask=cond.mask, **extra)
         with torch.autocast(device_type=x.device.type, dtype=self.sample_dtype):
-            out = self.unet(x, t, context=cond.context, context_mask=cond.mask)
+            out = self.unet(x, t, context=cond.context, context_mask=cond.mask, **extra)
         return out.float()
 
     def eps(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:

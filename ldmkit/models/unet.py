@@ -319,6 +319,7 @@ class UNetModel(nn.Module):
         transformer_depth: int = 1,
         context_dim: int | None = None,
         num_classes: int | None = None,
+        adm_in_channels: int | None = None,
         use_checkpoint: bool = False,
         use_scale_shift_norm: bool = False,
         conv_resample: bool = True,
@@ -342,6 +343,7 @@ class UNetModel(nn.Module):
         self.num_res_blocks = num_res_blocks
         self.channel_mult = list(builder.channel_mult)
         self.num_classes = num_classes
+        self.adm_in_channels = adm_in_channels
         self.context_dim = context_dim
         self.use_checkpoint = use_checkpoint
         time_embed_dim = builder.emb_channels
@@ -350,6 +352,10 @@ class UNetModel(nn.Module):
         )
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+        if adm_in_channels is not None:  # SDXL's global vector input (generative-models' "sequential" label_emb)
+            self.vector_emb = nn.Sequential(
+                nn.Linear(adm_in_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
+            )
         self.input_blocks, skip_chans = builder.input_blocks(in_channels)
         self.middle_block = builder.middle_block(skip_chans[-1])
         self.output_blocks = builder.output_blocks(skip_chans)
@@ -370,10 +376,14 @@ class UNetModel(nn.Module):
         context: Tensor | None = None,
         y: Tensor | None = None,
         context_mask: Tensor | None = None,
+        vector: Tensor | None = None,
     ) -> Tensor:
-        """Predict from ``x`` (B, C, H, W) at ``timesteps`` (B,), with optional context (B, L, D) and labels y."""
+        """Predict from ``x`` (B, C, H, W) at ``timesteps`` (B,), with optional context (B, L, D), labels y and a
+        global vector (B, adm_in_channels) added to the time embedding."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("class labels y must be given if and only if the model has num_classes")
+        if (vector is not None) != (self.adm_in_channels is not None):
+            raise ValueError("a conditioning vector must be given if and only if the model has adm_in_channels")
         f = self.downsample_factor
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(
@@ -386,6 +396,8 @@ class UNetModel(nn.Module):
         emb = self.time_embed(t_emb)
         if y is not None:
             emb = emb + self.label_emb(y)
+        if vector is not None:
+            emb = emb + self.vector_emb(vector.to(emb.dtype))
         hs = []
         h = x
         for module in self.input_blocks:

@@ -62,8 +62,9 @@ def _check_unet_multiple(cfg: DictConfig, shape: list[int], f: int, source: str,
                         "or use fewer UNet levels")
 
 
-def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
-    """Set the UNet's in/out channels from the first stage and the concat conditioning (or check the user's)."""
+def _fill_unet(cfg: DictConfig, channels: int, concat: int, vector: int = 0) -> None:
+    """Set the UNet's in/out channels from the first stage and the concat conditioning, and its vector input from
+    the conditioner's global vector (or check the user's)."""
     with open_dict(cfg):
         for key, want in (("in_channels", channels + concat), ("out_channels", channels)):
             if cfg.unet[key] is None:
@@ -71,6 +72,12 @@ def _fill_unet(cfg: DictConfig, channels: int, concat: int) -> None:
             elif cfg.unet[key] != want:
                 raise UserError(f"unet.{key}={cfg.unet[key]} but the first stage has {channels} latent channels "
                                 f"and the conditioner concatenates {concat}: expected {want}")
+        have = cfg.unet.get("adm_in_channels")
+        if have is None and vector:
+            cfg.unet.adm_in_channels = vector
+        elif (have or 0) != vector:
+            raise UserError(f"unet.adm_in_channels={have} but the conditioner's global vector has {vector} features "
+                            f"(cond.pooled): expected {vector or 'null'}")
 
 
 def _fill_cond_channels(cfg: DictConfig, latent_channels: int, dataset: object | None = None) -> None:
@@ -182,7 +189,7 @@ def _conditioner(cfg: DictConfig, latent_channels: int, dataset: Any) -> tuple[A
     cond = instantiate(cfg.cond)
     _check_fields(cond, dataset)
     bank = condition_bank(cfg.source_dataset, cond)
-    _fill_unet(cfg, latent_channels, cond.concat_channels)
+    _fill_unet(cfg, latent_channels, cond.concat_channels, cond.vector_dim)
     return cond, bank
 
 

@@ -41,6 +41,8 @@ ROWS = [
     ("ae-clip", ["train-ae", "trainer.gradient_clip_val=1.0"], ["train-ae steps its", "lower optim.lr"]),
     ("bad-timesteps", ["train-ldm", "objective.timesteps=lognorm"], ["is not one of: uniform, logit_normal"]),
     ("bad-ema-warmup", ["train-ldm", "ema.warmup=1"], ["ema.warmup=1 must be > 1 (CompVis: 10)"]),
+    ("vector-width-mismatch", ["train-ldm", "ae={ae}", "unet.adm_in_channels=64"],
+     ["unet.adm_in_channels=64 but the conditioner's global vector has 0 features (cond.pooled): expected null"]),
     ("bad-speed", ["sample", "ckpt={inputs}/nope", "speed.autocast=fp8"], ["speed.autocast=fp8 is not one of"]),
     ("folder-unreadable", ["encode-dataset", "ae={ae}", "dataset=folder", "dataset.path={inputs}/broken"],
      ["dataset.path=", "image files of the train split can be read"]),

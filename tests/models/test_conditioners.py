@@ -17,6 +17,15 @@ def test_text_conditioner_tokens_and_mask():
     assert not torch.allclose(ctx[0], ctx2[0]) and torch.allclose(ctx[1], ctx2[1])
 
 
+def test_pooled_text_conditioner_hands_the_end_of_text_state_as_its_vector():
+    cond = TextConditioner(context_length=16, width=32, layers=1, heads=2, pooled=True)
+    out = cond(["a red circle", "a small blue square left of a green triangle"])
+    assert cond.vector_dim == 32 and out.vector.shape == (2, 32)
+    ends = out.mask.sum(1) - 1  # SOT + words + EOT: the EOT is the last unmasked token
+    torch.testing.assert_close(out.vector, out.context[torch.arange(2), ends])
+    assert TextConditioner(context_length=16, width=32, layers=1, heads=2)(["a red circle"]).vector is None
+
+
 def test_class_conditioner_null_and_range():
     cond = ClassConditioner(num_classes=18, embed_dim=8)
     out = cond(torch.tensor([0, 17, 18]))
@@ -61,4 +70,7 @@ def test_cat_batch_and_merge_fill_missing_masks():
     assert both.context.shape == (4, 3, 4) and both.mask[2:].all() and both.concat is None
     merged = merge([a, b])
     assert merged.context.shape == (2, 4, 4) and merged.mask.tolist()[0] == [True, False, True, True]
-    assert merged.concat.shape == (2, 5, 4, 4)
+    assert merged.concat.shape == (2, 5, 4, 4) and merged.vector is None
+    v = Cond(vector=torch.ones(2, 3))
+    assert merge([v, Cond(vector=torch.zeros(2, 2))]).vector.tolist()[0] == [1, 1, 1, 0, 0]
+    assert cat_batch([v, Cond(vector=torch.zeros(2, 3))]).vector[:, 0].tolist() == [1, 1, 0, 0]

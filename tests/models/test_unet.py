@@ -209,6 +209,24 @@ def test_class_labels_change_output():
         unet(x, t)  # a class-conditional model needs y
 
 
+def test_global_vector_is_added_to_the_time_embedding_like_a_class_embedding():
+    torch.manual_seed(0)
+    vec = _randomize(UNetModel(**dict(UNCOND_KWARGS, adm_in_channels=4, use_scale_shift_norm=True))).eval()
+    cls = UNetModel(**dict(UNCOND_KWARGS, num_classes=2, use_scale_shift_norm=True)).eval()
+    v = torch.randn(2, 4)
+    state = {k: p for k, p in vec.state_dict().items() if not k.startswith("vector_emb.")}
+    with torch.no_grad():
+        state["label_emb.weight"] = vec.vector_emb(v)  # class i's embedding = the vector MLP's output for v[i]
+    cls.load_state_dict(state)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 500])
+    with torch.no_grad():
+        out = vec(x, t, vector=v)
+        torch.testing.assert_close(out, cls(x, t, y=torch.tensor([0, 1])))
+        assert not torch.allclose(vec(x, t, vector=v.flip(0))[0], out[0], atol=1e-4)
+    with pytest.raises(ValueError, match="adm_in_channels"):
+        vec(x, t)
+
+
 @pytest.mark.parametrize("kwargs", [{}, UNCOND_KWARGS], ids=["crossattn", "selfattn"])
 def test_gradient_checkpointing_gives_same_outputs_and_gradients(kwargs):
     base = dict(kwargs) if kwargs else dict(CROSSATTN_KWARGS, num_res_blocks=1, context_dim=16)
