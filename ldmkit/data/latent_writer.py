@@ -9,6 +9,7 @@ shards, so the output is balanced too). Units are independent: ``workers`` proce
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -113,7 +114,9 @@ def encode_unit(ae_dir: str, dataset_cfg: dict, unit: Unit, out: str, batch_size
     stage, cond = load_models(ae_dir, cond_cfg, dev)
     pairs, dataset = _items(dataset_cfg, unit)
     count = 0
-    with atomic_path(Path(out) / unit.name) as tmp, wds.TarWriter(str(tmp)) as sink:
+    # An integer mtime keeps every member a plain ustar header: webdataset's default (time.time(), a float) adds a
+    # pax header per member, which doubles the tar parsing train-ldm does per sample.
+    with atomic_path(Path(out) / unit.name) as tmp, wds.TarWriter(str(tmp), mtime=int(time.time())) as sink:
         while chunk := list(islice(pairs, batch_size)):
             keys, items = zip(*chunk, strict=True)
             batch = default_collate(list(items))

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import time
 
 import pytest
@@ -78,6 +79,8 @@ def test_workers_write_the_same_shards_and_verify_catches_damage(ae, tmp_path):
     for key in one:
         torch.testing.assert_close(one[key]["latent_mean"], two[key]["latent_mean"], atol=1e-3, rtol=1e-3)
         assert one[key]["caption"] == two[key]["caption"]
+    with tarfile.open(tmp_path / "one" / "000000.tar") as tar:  # plain ustar members: no pax header to parse per file
+        assert all(m.pax_headers == {} and isinstance(m.mtime, int) for m in tar.getmembers())
     manifest = _manifest(tmp_path / "two")
     manifest["count"] = 65
     (tmp_path / "two" / "manifest.json").write_text(json.dumps(manifest))
