@@ -24,6 +24,16 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     return proc
 
 
+def run_inprocess(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``run_cli(*args, check=False)`` in this process (no interpreter start-up, ~5 s less per call): for the
+    commands that stop early with a user error, whose message a test checks."""
+    import contextlib
+
+    with contextlib.chdir(cwd or Path.cwd()):
+        code, out, err = ldmkit_inprocess_streams(list(args))
+    return subprocess.CompletedProcess([str(LDMKIT), *args], code, out, err)
+
+
 def ldmkit_inprocess(args: list[str]) -> tuple[int, str]:
     """Run ``ldmkit ARGS`` in this process (no interpreter start-up): its exit code and its output."""
     code, out, err = ldmkit_inprocess_streams(args)

@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_inprocess
 from safetensors.torch import load_file
 
 from ldmkit.diffusion.samplers import get_sampler
@@ -149,7 +149,7 @@ def test_train_ldm_channels_last_trains_the_same_weights(tiny_ae, tmp_path):
 
 
 def test_sample_cli_rejects_a_bad_switch_in_one_line(tmp_path):
-    proc = run_cli("sample", "ckpt=nowhere", "speed.autocast=fp8", f"out={tmp_path}/s", check=False)
+    proc = run_inprocess("sample", "ckpt=nowhere", "speed.autocast=fp8", f"out={tmp_path}/s")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: speed.autocast=fp8 is not one of: null, bf16, fp16"]
     assert not list(tmp_path.rglob("*.png"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import compat_entries, run_cli
+from conftest import compat_entries, run_cli, run_inprocess
 from safetensors.torch import load_file, save_file
 
 from ldmkit import modeldir
@@ -193,7 +193,7 @@ def test_mismatched_keys_fail_with_one_line_naming_the_first(tmp_path):
     cfg, ckpt, sd = _first_stage_files(tmp_path, KL)
     renamed = {("encoder.foo" if k == "encoder.conv_in.bias" else k): v for k, v in sd.items()}
     _write_ckpt(ckpt, {**renamed, "decoder.extra": torch.zeros(1)})
-    proc = run_cli("import-compvis", "config.yaml", "model.ckpt", "out=o", cwd=tmp_path, check=False)
+    proc = run_inprocess("import-compvis", "config.yaml", "model.ckpt", "out=o", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -266,11 +266,11 @@ def test_missing_and_unreadable_files(tmp_path):
 
 
 def test_cli_without_positionals_is_one_line_exit_2(tmp_path):
-    proc = run_cli("import-compvis", check=False, cwd=tmp_path)
+    proc = run_inprocess("import-compvis", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: usage: ldmkit import-compvis CONFIG.yaml MODEL.ckpt [out=DIR] [overrides]: "
         "missing CONFIG.yaml and MODEL.ckpt"]
-    proc = run_cli("import-compvis", "config.yaml", check=False, cwd=tmp_path)
+    proc = run_inprocess("import-compvis", "config.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("missing MODEL.ckpt")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import compat_entries, run_cli
+from conftest import compat_entries, run_cli, run_inprocess
 
 import ldmkit
 from ldmkit.diffusion.cond import Cond
@@ -105,7 +105,7 @@ def test_unsupported_conditioner_and_wrong_schedule_are_named(tmp_path, checkpoi
     cfg, ckpt, _ = checkpoint
     clip = {"target": "ldm.modules.encoders.modules.FrozenCLIPTextEmbedder", "params": {"version": "ViT-L/14"}}
     cfg.write_text(yaml.safe_dump(_yaml(clip)))
-    proc = run_cli("import-compvis", str(cfg), str(ckpt), "out=x", cwd=tmp_path, check=False)
+    proc = run_inprocess("import-compvis", str(cfg), str(ckpt), "out=x", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "FrozenCLIPTextEmbedder (conditioning_key=crossattn) has no ldmkit equivalent" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_inprocess
 from torch.utils.data import default_collate
 
 from ldmkit.data.latent_shards import iterate_shards
@@ -80,7 +80,7 @@ def test_encode_dataset_caches_clip_states_and_train_ldm_uses_them(tiny_ae, tiny
 
 
 def test_encode_dataset_refuses_a_conditioner_with_nothing_to_cache(tiny_ae, tmp_path):
-    proc = run_cli("encode-dataset", f"ae={tiny_ae}", "dataset.size=4", "cond=class", f"out={tmp_path}/x", check=False)
+    proc = run_inprocess("encode-dataset", f"ae={tiny_ae}", "dataset.size=4", "cond=class", f"out={tmp_path}/x")
     assert proc.returncode == 2
     assert "nothing to cache" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x" / "manifest.json").exists()

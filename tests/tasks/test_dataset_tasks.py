@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import run_cli
+from conftest import run_cli, run_inprocess
 from PIL import Image
 
 from ldmkit.data.folder import split_score
@@ -85,5 +85,5 @@ def test_bad_dataset_paths_are_one_line_errors(tmp_path):
         (["dataset=folder", f"dataset.path={tmp_path}/none"], "none"),
         (["dataset=wds", f"dataset.urls={tmp_path}/{{00000..00003}}.tar"], "00000"),
     ):
-        proc = run_cli("train-ae", *args, "trainer.max_steps=1", f"out={tmp_path}/x", check=False)
+        proc = run_inprocess("train-ae", *args, "trainer.max_steps=1", f"out={tmp_path}/x")
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import LDMKIT, run_cli
+from conftest import LDMKIT, run_cli, run_inprocess
 
 from ldmkit.data.latent_shards import iterate_shards
 
@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_every_sample_exactly_once(ae, tmp_path):
     assert "480" in verified.stderr + verified.stdout
     assert not list((tmp_path / "cwd").iterdir())  # a check writes nothing: no dated run dir left behind
 
-    other = run_cli(*_encode_args(ae, out), "shard_size=32", check=False)
+    other = run_inprocess(*_encode_args(ae, out), "shard_size=32")
     assert other.returncode == 2 and "shard_size" in other.stderr
 
 
@@ -84,8 +84,8 @@ def test_workers_write_the_same_shards_and_verify_catches_damage(ae, tmp_path):
     manifest = _manifest(tmp_path / "two")
     manifest["count"] = 65
     (tmp_path / "two" / "manifest.json").write_text(json.dumps(manifest))
-    bad = run_cli("encode-dataset", "--verify", str(tmp_path / "two"), check=False)
+    bad = run_inprocess("encode-dataset", "--verify", str(tmp_path / "two"))
     assert bad.returncode == 2 and "says 65 samples, the shards hold 64" in bad.stderr
     (tmp_path / "two" / "000001.tar").unlink()
-    bad = run_cli("encode-dataset", "--verify", str(tmp_path / "two"), check=False)
+    bad = run_inprocess("encode-dataset", "--verify", str(tmp_path / "two"))
     assert bad.returncode == 2 and "000001.tar is listed in manifest.json but missing" in bad.stderr

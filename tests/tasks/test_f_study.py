@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ldmkit_inprocess, run_cli
+from conftest import ldmkit_inprocess, run_cli, run_inprocess
 from PIL import Image
 
 TOY = ["ae_steps=4", "ldm_steps=6", "checkpoints=[3,6]", "dataset_size=48", "batch_size=8", "eval_samples=6",
@@ -52,11 +52,11 @@ def test_two_job_f_study_writes_report_and_plots(inception_weights, tmp_path):
 
 
 def test_f_study_bad_input_is_one_line(tmp_path):
-    proc = run_cli("f-study", "f=3", f"out={tmp_path}/s", check=False)
+    proc = run_inprocess("f-study", "f=3", f"out={tmp_path}/s")
     assert proc.returncode == 2 and "f=3 is not an option" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("f-study", "checkpoints=[0,10]", "ldm_steps=5", f"out={tmp_path}/t", check=False)
+    proc = run_inprocess("f-study", "checkpoints=[0,10]", "ldm_steps=5", f"out={tmp_path}/t")
     assert proc.returncode == 2 and "checkpoints" in proc.stderr.strip().splitlines()[-1]
-    proc = run_cli("report", str(tmp_path), check=False)
+    proc = run_inprocess("report", str(tmp_path))
     assert proc.returncode == 2 and "no result.json" in proc.stderr.strip().splitlines()[-1]
 
 

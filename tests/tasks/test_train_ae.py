@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_inprocess
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -49,13 +49,13 @@ def test_f_group_sets_downsampling_and_channels(f, preset):
 
 
 def test_f1_with_an_autoencoder_preset_is_rejected(tmp_path):
-    proc = run_cli("train-ae", "f=1", "first_stage=vq_f4", f"out={tmp_path}/x", check=False, cwd=tmp_path)
+    proc = run_inprocess("train-ae", "f=1", "first_stage=vq_f4", f"out={tmp_path}/x", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: f=1 means no first stage")
 
 
 def test_too_small_resolution_for_f_is_one_line_exit_2(tmp_path):
-    proc = run_cli("train-ae", "f=32", f"out={tmp_path}/x", check=False, cwd=tmp_path)
+    proc = run_inprocess("train-ae", "f=32", f"out={tmp_path}/x", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: dataset.resolution=32 is too small for f=32: use a multiple of 32 that is at least 64 "

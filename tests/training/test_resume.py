@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CACHE, LDMKIT, run_cli
+from conftest import CACHE, LDMKIT, run_cli, run_inprocess
 from safetensors.torch import load_file
 
 from ldmkit.training.loader import EpochSampler
@@ -110,7 +110,7 @@ def test_bad_resume_targets_are_one_line_errors(tiny_ae, tmp_path):
     assert ae_run.is_file()
     cases[ae_run] = "the checkpoint is of another model"
     for target, message in cases.items():
-        proc = run_cli(*args, f"resume={target}", f"out={tmp_path / 'new'}", check=False)
+        proc = run_inprocess(*args, f"resume={target}", f"out={tmp_path / 'new'}")
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (target, proc.stderr[-2000:])
     assert not marker.exists()  # the pickled code never ran
