@@ -8,6 +8,9 @@ colour / shape / count accuracy on ``--samples`` samples of validation captions 
 A row is ``NAME=OVERRIDE,OVERRIDE,...``; ``--seeds 0,1,2`` repeats each row per seed (``seed=N``) and reports medians.
 ``--stage vocab``: the text LDM's train step with open_clip's full token embedding vs a vocabulary fitted to the
 training captions (seconds per step; no training).
+``--stage sample``: one trained LDM (``--ckpt``) evaluated as ``--stage ldm`` with each row's eval-fid overrides.
+``--stage decoder``: the LDM of ``--ckpt`` decoding with its first stage's decoder fine-tuned per row
+(``NAME=STEPS,NOISE,GAN``: decoder_finetune.py), then evaluated as ``--stage ldm``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,20 @@ LDM_ROWS = {  # round 1 (batch 16, 1000 / 2000 steps), then rounds 2 to 4 at the
     "b32_1500_logit_normal_std0.6": ["trainer.max_steps=1500", "objective.timestep_std=0.6"],
 }
 
+SAMPLE_ROWS = {  # round 5: stochastic samplers on the defaults' model (DDIM 25, eta 0 is the --stage ldm row)
+    "ddim_25_eta1": ["sampler.eta=1.0"],
+    "ddim_50_eta1": ["sampler.eta=1.0", "sampler.steps=50"],
+    "ddim_100_eta1": ["sampler.eta=1.0", "sampler.steps=100"],
+    "ddim_50_eta0.5": ["sampler.eta=0.5", "sampler.steps=50"],
+    "ddim_50_eta0": ["sampler.steps=50"],
+    "euler_ancestral_25": ["sampler=euler_a", "sampler.steps=25"],
+}
+DECODER_ROWS = {  # round 5: decoder-only fine-tunes (steps, latent noise in scaled units, PatchGAN 0/1)
+    "gan": ["500", "0", "1"],
+    "gan_latent_noise_0.2": ["500", "0.2", "1"],
+    "l2_latent_noise_0.2": ["500", "0.2", "0"],
+}
+
 
 def parse_rows(specs: list[str] | None, default: dict[str, list[str]]) -> dict[str, list[str]]:
     """``NAME=a,b`` specs (overrides split at commas outside brackets) or the stage's default rows."""
@@ -92,11 +109,23 @@ def ldm_row(out: Path, overrides: list[str], seed: int, ae: str, latents: str, g
     """Train one text LDM and eval-fid it; its wall times and accuracies."""
     train = ldmkit("train-ldm", f"ae={ae}", "dataset=latents", f"dataset.path={latents}", *LDM_BASE, *overrides,
                    f"seed={seed}", f"out={out}")
-    evaluate = ldmkit("eval-fid", f"ckpt={out}", "--samples", str(samples), "sampler.steps=25", f"guidance={guidance}",
-                      "on_missing_weights=skip", f"out={out / 'eval'}")
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    return {"seconds": train, "eval_seconds": evaluate,
-            **{k: round(v, 3) for k, v in metrics.items() if k.endswith("_acc")}}
+    return {"seconds": train, **sample_row(out / "eval", out, [], guidance, samples)}
+
+
+def sample_row(out: Path, ckpt: Path, overrides: list[str], guidance: float, samples: int) -> dict:
+    """eval-fid of one LDM (DDIM 25 unless ``overrides`` say otherwise) into ``out``; its time and accuracies."""
+    evaluate = ldmkit("eval-fid", f"ckpt={ckpt}", "--samples", str(samples), "sampler.steps=25", f"guidance={guidance}",
+                      "on_missing_weights=skip", *overrides, f"out={out}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"eval_seconds": evaluate, **{k: round(v, 3) for k, v in metrics.items() if k.endswith("_acc")}}
+
+
+def decoder_row(out: Path, ckpt: Path, spec: list[str], guidance: float, samples: int) -> dict:
+    """Fine-tune the decoder of ``ckpt``'s first stage (``[steps, noise, gan]``), eval-fid the LDM decoding with it."""
+    from decoder_finetune import ldm_with_decoder
+
+    seconds = ldm_with_decoder(ckpt, out, int(spec[0]), float(spec[1]), bool(int(spec[2])))
+    return {"finetune_seconds": seconds, **sample_row(out / "eval", out / "ldm", [], guidance, samples)}
 
 
 def vocab_timing(rounds: int = 5, steps: int = 12) -> dict:
@@ -159,22 +188,25 @@ def median_row(runs: list[dict]) -> dict:
 def main() -> None:
     """Run the stage's rows (per seed), print the JSON table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("ae", "ldm", "vocab"), default="ae")
+    parser.add_argument("--stage", choices=("ae", "ldm", "vocab", "sample", "decoder"), default="ae")
     parser.add_argument("--row", action="append", help="NAME=OVERRIDE,OVERRIDE (repeatable; default: the stage's rows)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--ae", help="--stage ldm: the first-stage model dir the latents come from")
     parser.add_argument("--latents", help="--stage ldm: an encode-dataset output of --ae")
+    parser.add_argument("--ckpt", help="--stage sample / decoder: a trained text LDM model dir")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--samples", type=int, default=256, help="--stage ldm: eval-fid samples per model")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.stage == "ldm" and not (args.ae and args.latents):
         parser.error("--stage ldm needs --ae and --latents")
+    if args.stage in ("sample", "decoder") and not args.ckpt:
+        parser.error(f"--stage {args.stage} needs --ckpt")
     if args.stage == "vocab":
         print(json.dumps({"stage": "vocab", "date": time.strftime("%Y-%m-%d"), **vocab_timing()}, indent=2))
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="quality_levers_"))
-    rows = parse_rows(args.row, AE_ROWS if args.stage == "ae" else LDM_ROWS)
+    rows = parse_rows(args.row, {"ae": AE_ROWS, "ldm": LDM_ROWS, "sample": SAMPLE_ROWS, "decoder": DECODER_ROWS}[args.stage])
     seeds = [int(s) for s in args.seeds.split(",")]
     result: dict = {"stage": args.stage, "date": time.strftime("%Y-%m-%d"), "seeds": seeds, "rows": {}}
     for i, (name, overrides) in enumerate(rows.items()):
@@ -183,6 +215,10 @@ def main() -> None:
             where = out / f"{i:02d}_s{seed}"
             if args.stage == "ae":
                 runs.append(ae_row(where, overrides, seed))
+            elif args.stage == "sample":
+                runs.append(sample_row(where, Path(args.ckpt), overrides, args.guidance, args.samples))
+            elif args.stage == "decoder":
+                runs.append(decoder_row(where, Path(args.ckpt), overrides, args.guidance, args.samples))
             else:
                 runs.append(ldm_row(where, overrides, seed, args.ae, args.latents, args.guidance, args.samples))
         result["rows"][name] = {"overrides": overrides, **median_row(runs)}
