@@ -95,6 +95,18 @@ def _check_manual_optimization(trainer: DictConfig) -> None:
                         "optimisers itself, so Lightning cannot accumulate; raise loader.batch_size instead")
 
 
+UNUSED_PARAMETERS = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true"}
+
+
+def _ddp_finding_unused(trainer: DictConfig) -> None:
+    """Under DDP, let each backward leave parameters without a gradient: the discriminator has none before
+    ``loss.disc_start`` and the autoencoder none in the discriminator's update (CompVis' Lightning found unused
+    parameters by default). Other strategies are left as they are."""
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str) and strategy in UNUSED_PARAMETERS:
+        trainer.strategy = UNUSED_PARAMETERS[strategy]
+
+
 def _as_trained(cfg: DictConfig, lpips_skipped: str | None) -> DictConfig:
     """The config to keep in the model dir: ``loss.perceptual`` null when training ran without LPIPS."""
     if not lpips_skipped:
@@ -109,6 +121,7 @@ def run(cfg: DictConfig) -> None:
     import pytorch_lightning as pl
 
     _check_manual_optimization(cfg.trainer)
+    _ddp_finding_unused(cfg.trainer)
     optimizers = optim.from_config(cfg.optim, cfg.get("lr_schedule"))
     out = run_dir()
     pl.seed_everything(cfg.seed, verbose=False)

@@ -72,3 +72,16 @@ def test_submitit_launcher_runs_a_sweep(ae, tmp_path):
     slurm = run_cli("train-ldm", "hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "trainer=ddp",
                     "trainer.num_nodes=2", "--cfg", "hydra")
     assert "SlurmLauncher" in slurm.stdout and "nodes: 2" in slurm.stdout
+
+
+def test_ddp_train_ae_with_its_discriminator(tmp_path):
+    """train-ae's two optimisers each leave the other's parameters without a gradient: under trainer=ddp it still
+    trains on both ranks, through the adversarial phase."""
+    out = tmp_path / "ae"
+    run_cli("train-ae", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
+            "trainer.log_every_n_steps=1", "loss.perceptual=null", "loss.disc_start=1", "loader.batch_size=4",
+            "dataset.size=32", "report.images=8", "report.grid=2", f"out={out}")
+    assert (out / "train_ddp_process_1.log").is_file() and json.loads((out / "meta.json").read_text())["steps"] == 3
+    with open(out / "logs" / "metrics.csv") as f:
+        gan_steps = [float(r["train/step"]) for r in csv.DictReader(f) if r.get("train/g_loss")]
+    assert gan_steps == [2.0, 3.0]  # the adversarial terms from disc_start (step index 1) on
