@@ -194,14 +194,17 @@ def last_checkpoint(folder: Path) -> dict[str, Any] | None:
 
 
 def last_logged(path: Path) -> dict[str, Any] | None:
-    """The last value of every column of ``logs/metrics.csv`` (and the last step logged)."""
+    """The last value of every column of ``logs/metrics.csv`` and the step it was logged at, counted as checkpoints
+    and ``trainer.max_steps`` count (training steps done: Lightning's 0-based step column + 1)."""
     if not path.is_file():
         return None
     last: dict[str, Any] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             last.update({k: _number(v) for k, v in row.items() if k and v not in (None, "")})
-    return {"step": last.pop("step", None), **{k: v for k, v in sorted(last.items()) if k != "epoch"}} if last else None
+    step = last.pop("step", None)
+    done = int(step) + 1 if isinstance(step, int | float) else None
+    return {"step": done, **{k: v for k, v in sorted(last.items()) if k != "epoch"}} if last else None
 
 
 def eval_metrics(path: Path) -> dict[str, Any]:

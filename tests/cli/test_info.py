@@ -89,7 +89,7 @@ def test_ldm_model_dir(ldm, tiny_ae, tmp_path):
     assert got["snapshots"] == [{"dir": "snapshots/step_0000001", "steps": 1}]
     assert got["metrics"] == {"eval/final/metrics.json": {"fid": 12.5, "samples": 8}}
     run = got["run"]
-    assert run["command"] == "train-ldm" and run["checkpoint"]["step"] == 2 and run["last_logged"]["step"] == 1
+    assert run["command"] == "train-ldm" and run["checkpoint"]["step"] == 2 and run["last_logged"]["step"] == 2
     assert any("loss" in key and math.isfinite(value) for key, value in run["last_logged"].items())
     for text in ("LDM model dir", "ClassConditioner", f"{params:,}", fs["hash"], "step_0000001", "12.5"):
         assert text in table
