@@ -79,13 +79,17 @@ def _prune(folder: Path, before: set[str] | None, hydra_files: set[str]) -> bool
 
 def remove_unused_run_dir(watch: dict) -> None:
     """After a failed run, or a run that wrote nothing but Hydra's files into a dir it created (encode-dataset
-    --verify): its job dir (and a sweep dir left with only ``multirun.yaml``, and the parents this run
-    created) when this run created it and the job wrote nothing into it; Hydra's files added to a user's existing
+    --verify): its job dir (and a sweep dir left with only ``multirun.yaml``, also when no job started, and the
+    parents this run created) when this run created it and the job wrote nothing into it; Hydra's files added to a user's existing
     dir go too, the dir stays. Never another file, never a dir that existed before."""
     job, base = watch.get("job"), watch.get("base")
-    if job is None or base is None or not job.is_relative_to(base):
+    if base is None:
         return
-    if watch["sweep"]:
+    if job is None:  # no job started: a sweep whose job configs failed to compose (e.g. -m f=3,4)
+        gone = watch["sweep"] and _prune(base, watch["before"], {"multirun.yaml"})
+    elif not job.is_relative_to(base):
+        return
+    elif watch["sweep"]:
         before = watch["before"]
         if job == base or (before is not None and job.relative_to(base).parts[0] in before):
             return  # a job dir that may have existed before

@@ -81,6 +81,8 @@ def test_failed_run_leaves_no_run_dir(tmp_path):
     code, output = ldmkit_inprocess(["eval-fid", "seed=0,1", "-m", "--samples", "16", f"ckpt={tmp_path}/nope",
                                      f"out={sweep}"])  # Hydra's own lines "Launching 2 jobs", then ours
     assert code == 2 and output.strip().splitlines()[-1].startswith("error: ") and not sweep.exists(), output
+    code, output = ldmkit_inprocess(["train-ae", "-m", "f=3,4", f"out={tmp_path}/bad/sweep"])  # no job starts
+    assert code == 2 and "f=3 is not an option" in output and not (tmp_path / "bad").exists(), output
     kept = tmp_path / "kept"  # the user's own dir stays, with its files; Hydra's files of the failed run go
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
