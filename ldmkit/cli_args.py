@@ -18,12 +18,20 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
-NULL_GROUP_OPTIONS = {"lr_schedule=null": "~lr_schedule"}  # "null" = none of the group (a constant rate)
+NULL_GROUP_OPTIONS = {"lr_schedule": "constant"}  # group: its option meaning "none of the group" (a constant rate)
+_GROUP_VALUES = re.compile(r"^(lr_schedule)=([\w,]+)$")
 
 
 def drop_null_groups(args: list[str]) -> list[str]:
-    """Rewrite ``lr_schedule=null`` to ``~lr_schedule``: Hydra takes no null option for a group it has a default for."""
-    return [NULL_GROUP_OPTIONS.get(arg, arg) for arg in args]
+    """Rewrite ``lr_schedule=null`` (also in a sweep list, ``lr_schedule=null,cosine``) to the group's option
+    ``constant``: Hydra takes no null option for a group it has a default for."""
+    out = []
+    for arg in args:
+        m = _GROUP_VALUES.match(arg)
+        if m:
+            arg = f"{m[1]}=" + ",".join(NULL_GROUP_OPTIONS[m[1]] if v == "null" else v for v in m[2].split(","))
+        out.append(arg)
+    return out
 
 
 # Options whose values are paths or URLs: quoted for Hydra when they hold characters its grammar would read

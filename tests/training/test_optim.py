@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from test_modules import tiny_ldm
 from torch.utils.data import DataLoader
 
+from ldmkit.cli_args import drop_null_groups
 from ldmkit.errors import UserError
 from ldmkit.models.autoencoder import AutoencoderKL
 from ldmkit.models.discriminator import NLayerDiscriminator
@@ -58,7 +59,11 @@ def test_defaults_are_the_optimisers_hard_coded_before():
     params = [torch.nn.Parameter(torch.zeros(1))]
     ldm_opt = _ldm_module().configure_optimizers()
     assert _hyper(ldm_opt) == _hyper(torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, fused=True))
-    module = _ae_module("~lr_schedule")  # train-ae lr_schedule=null (the command line rewrites it to this)
+    # train-ae lr_schedule=null: the command line rewrites it to the option `constant`, also in a sweep list
+    assert drop_null_groups(["lr_schedule=null", "lr_schedule=cosine,null"]) == [
+        "lr_schedule=constant", "lr_schedule=cosine,constant"]
+    module = _ae_module("lr_schedule=constant")
+    assert module.lr_schedule is None
     ae_opts = module.configure_optimizers()
     assert [_hyper(o) for o in ae_opts] == [_hyper(torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.9), fused=True))] * 2
     owners = [module.ae, module.loss.discriminator]
