@@ -63,7 +63,7 @@ def _say_once(text: str) -> None:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:
-        console.print(text, soft_wrap=True, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False)
 
 
 def _train(cfg: DictConfig, ae: nn.Module, loss: nn.Module, dataset, out, optimizers: tuple) -> int:

@@ -52,3 +52,11 @@ def test_missing_inception_weights_names_the_file(tmp_path):
     assert proc.returncode == 2
     assert "none.pth does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert "on_missing_weights=skip" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_console_messages_stay_one_line_off_a_terminal(capsys):
+    from ldmkit.console import console
+
+    text = "first stage kl f=4 -> " + "/very/long" * 12 + "  (scale 0.5256, val PSNR 29.74 dB)"
+    console.print(text)
+    assert capsys.readouterr().err == text + "\n"  # rich would wrap at 80 columns in a log file or a pipe
