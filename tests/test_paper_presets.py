@@ -164,6 +164,7 @@ def test_experiment_composes_with_the_papers_figures(experiment):
     assert (cfg.diffusion.schedule, cfg.diffusion.timesteps) == ("linear", 1000)
     assert 0 < cfg.diffusion.linear_start < cfg.diffusion.linear_end < 0.03 and cfg.ema.decay == 0.9999
     assert cfg.objective.timesteps == "uniform"  # the paper's; train-ldm defaults to logit_normal
+    assert cfg.trainer.gradient_clip_val is None  # the paper's; train-ldm defaults to 1.0
     assert _latent(cfg.first_stage) == (f, channels)
     assert cfg.first_stage.get("n_embed") == codes
     assert cfg.cond.get("drop_prob", 0.0) == (0.1 if experiment in ("t2i_laion_ldm8", "cin_ldm4_cfg") else 0.0)

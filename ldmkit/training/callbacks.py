@@ -70,7 +70,8 @@ class FiniteGuard(pl.Callback):
         at = f" (step {self.saved_step})" if self.saved_step is not None else ""
         last = (f"the last checkpoint {self.path}{at} is intact and resume=true continues from it"
                 if self.path.is_file() else "no checkpoint was written yet")
-        clip = " or trainer.gradient_clip_val=1.0" if trainer.lightning_module.automatic_optimization else ""
+        clip = (" or a lower trainer.gradient_clip_val" if trainer.gradient_clip_val
+                else " or trainer.gradient_clip_val=1.0" if trainer.lightning_module.automatic_optimization else "")
         raise UserError(f"{what} at training step {step}: training stopped; {last} (try a lower optim.lr{clip})")
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:

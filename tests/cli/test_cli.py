@@ -22,6 +22,7 @@ def test_cfg_job_prints_composed_config():
     assert cfg.trainer.max_steps == 7
     cfg = OmegaConf.create(run_cli("train-ldm", "cond=class", "--cfg", "job", "--resolve").stdout)
     assert cfg.cond._target_.endswith("ClassConditioner") and cfg.unet.context_dim == cfg.cond.embed_dim == 64
+    assert cfg.trainer.gradient_clip_val == 1.0  # train-ldm clips by default (train-ae cannot: two optimisers)
 
 
 def test_bad_group_option_lists_choices_exit_2():
