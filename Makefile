@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # The five commands on `shapes` with text conditioning (about 7 minutes on 2 CPU cores); train-ae's defaults:
 # 1000 steps, L2 reconstruction loss, cosine rate decay; train-ldm's: batch 32, lr 1e-3, logit-normal
-# timesteps (benchmarks/README.md: the levers).
+# timesteps, gradient norm clipped at 1.0 (benchmarks/README.md: the levers).
 demo: install
 	$(VENV)/bin/ldmkit train-ae first_stage.ch_mult=[1,2,2] loss.perceptual=null out=$(DEMO)/ae
 	$(VENV)/bin/ldmkit encode-dataset ae=$(DEMO)/ae dataset.size=10000 out=$(DEMO)/latents
