@@ -5,7 +5,6 @@ model dir that decodes with it: does a better decoder make the LDM's samples sho
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -18,8 +17,7 @@ from ldmkit import modeldir
 from ldmkit.data.shapes import ShapesDataset
 from ldmkit.models.discriminator import NLayerDiscriminator
 from ldmkit.models.losses import AutoencoderLoss
-
-LDM_FILES = ("config.yaml", "model.safetensors", "ema.safetensors", "conditions.safetensors", "meta.json")
+from ldmkit.training.optim import warmup_cosine
 
 
 def finetune_decoder(stage_dir: Path, steps: int, noise: float, gan: bool, lr: float = 1e-4, batch: int = 16,
@@ -36,7 +34,7 @@ def finetune_decoder(stage_dir: Path, steps: int, noise: float, gan: bool, lr: f
     disc = NLayerDiscriminator(input_nc=3, ndf=32, n_layers=2) if gan else None
     loss = AutoencoderLoss(rec="l2", kl_weight=0.0, discriminator=disc, disc_start=0, disc_weight=0.5)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    decay = warmup_cosine(opt, total_steps=steps)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9)) if gan else None
     loader = DataLoader(ShapesDataset(size=10000), batch_size=batch, shuffle=True, drop_last=True)
     batches = iter(())
@@ -74,10 +72,8 @@ def ldm_with_decoder(ldm_dir: Path, out: Path, steps: int, noise: float, gan: bo
     stage = modeldir.save(out / "first_stage", OmegaConf.load(src / "config.yaml"), {"model": ae.state_dict()}, meta)
     ldm = out / "ldm"
     shutil.rmtree(ldm, ignore_errors=True)
-    ldm.mkdir(parents=True)
-    for name in LDM_FILES:
-        if (ldm_dir / name).is_file():
-            shutil.copy2(ldm_dir / name, ldm / name)
+    modeldir.copy(ldm_dir, ldm)  # config, weights, EMA, meta; the validation conditions besides
+    shutil.copy2(ldm_dir / modeldir.CONDITIONS, ldm / modeldir.CONDITIONS)
     modeldir.copy(out / "first_stage", ldm / "first_stage")
     ldm_meta = modeldir.read_json(ldm / "meta.json")
     ldm_meta["first_stage"] = {"path": str(out / "first_stage"), "hash": stage["hash"]}

@@ -19,7 +19,7 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
 
 
 NULL_GROUP_OPTIONS = {"lr_schedule": "constant"}  # group: its option meaning "none of the group" (a constant rate)
-_GROUP_VALUES = re.compile(r"^(lr_schedule)=([\w,]+)$")
+_GROUP_VALUES = re.compile(rf"^({'|'.join(NULL_GROUP_OPTIONS)})=([\w,]+)$")  # GROUP=a,b,... of those groups
 
 
 def drop_null_groups(args: list[str]) -> list[str]:

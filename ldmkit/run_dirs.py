@@ -80,8 +80,8 @@ def _prune(folder: Path, before: set[str] | None, hydra_files: set[str]) -> bool
 def remove_unused_run_dir(watch: dict) -> None:
     """After a failed run, or a run that wrote nothing but Hydra's files into a dir it created (encode-dataset
     --verify): its job dir (and a sweep dir left with only ``multirun.yaml``, also when no job started, and the
-    parents this run created) when this run created it and the job wrote nothing into it; Hydra's files added to a user's existing
-    dir go too, the dir stays. Never another file, never a dir that existed before."""
+    parents this run created) when this run created it and the job wrote nothing into it; Hydra's files added to
+    a user's existing dir go too, the dir stays. Never another file, never a dir that existed before."""
     job, base = watch.get("job"), watch.get("base")
     if base is None:
         return
